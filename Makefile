@@ -1,0 +1,86 @@
+# Two entry points do all the set-up on a fresh Debian machine (run as root):
+#   make demo   converge the site playbook on a local container lab
+#   make test   lint, sanity, unit tests and every molecule scenario
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+BIN         := $(CURDIR)/$(VENV)/bin
+PYTHON      ?= python3
+COLLECTIONS := $(CURDIR)/.collections
+COLLECTION  := $(COLLECTIONS)/ansible_collections/nodenet/nat
+APT_PACKAGES := podman runc debootstrap iptables nftables conntrack iproute2 kmod make git
+SCENARIOS   ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+
+export CONTAINERS_CONF := $(CURDIR)/tests/lab/containers.conf
+export ANSIBLE_COLLECTIONS_PATH := $(COLLECTIONS)
+export PATH := $(BIN):$(PATH)
+
+.PHONY: help setup packages venv collection image test lint sanity unit molecule demo demo-clean build clean
+
+help:
+	@echo "make demo   - converge playbooks/site.yml on a local container lab (sets everything up)"
+	@echo "make test   - ansible-lint, ansible-test sanity, unit tests, molecule scenarios: $(SCENARIOS)"
+
+setup: packages venv collection image
+
+packages:
+	@missing=""; for bin in podman runc debootstrap nft iptables-legacy conntrack ip modprobe git; do \
+	    command -v $$bin >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; fi
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r tests/requirements.txt
+	touch $@
+
+# The repository root is the collection root; ansible finds it through this link.
+collection:
+	@mkdir -p $(dir $(COLLECTION)) && ln -sfn $(CURDIR) $(COLLECTION)
+
+image: packages
+	bash tests/lab/build-image.sh
+
+lint: venv collection
+	ansible-lint --profile production
+
+# ansible-test wants the collection at .../ansible_collections/nodenet/nat: sanity runs on a copy of the work tree's files.
+# Its own venv: ansible-test pins the sanity tools it installs (--requirements, from PyPI), which must not
+# disturb the test tools. (--venv would download a pip bootstrap script from outside the package registries.)
+SANITY_VENV := $(CURDIR)/.venv-sanity
+$(SANITY_VENV)/.installed: tests/requirements.txt
+	$(PYTHON) -m venv $(SANITY_VENV)
+	$(SANITY_VENV)/bin/pip install -q --upgrade pip
+	$(SANITY_VENV)/bin/pip install -q $$(grep '^ansible-core==' tests/requirements.txt)
+	touch $@
+
+# ansible-test names the bootstrap script after the pip version it pins for virtual environments.
+PIP_BOOTSTRAP = $(HOME)/.ansible/test/cache/get_pip_$(subst .,_,$(shell $(SANITY_VENV)/bin/python -c \
+	'from ansible_test._internal.python_requirements import get_venv_packages; import types; print(get_venv_packages(types.SimpleNamespace(version="3.11"))["pip"])')).py
+
+sanity: $(SANITY_VENV)/.installed
+	mkdir -p $(dir $(PIP_BOOTSTRAP)) && cp .ci/get-pip.py $(PIP_BOOTSTRAP)
+	rm -rf build/sanity && mkdir -p build/sanity/ansible_collections/nodenet/nat
+	git ls-files -z --cached --others --exclude-standard | xargs -0 cp --parents -t build/sanity/ansible_collections/nodenet/nat/
+	cd build/sanity/ansible_collections/nodenet/nat && git init -q && git add -A && \
+	    PATH=$(SANITY_VENV)/bin:$$PATH ansible-test sanity --requirements --python 3.11 --color no
+
+unit: venv collection
+	$(BIN)/python -m pytest -q tests/unit
+
+molecule: setup
+	set -e; for scenario in $(SCENARIOS); do molecule test -s $$scenario; done
+
+test: setup lint sanity unit molecule
+
+demo: setup
+	bash tests/lab/demo.sh
+
+build: venv
+	ansible-galaxy collection build --force --output-path build/
+
+clean:
+	rm -rf build $(COLLECTIONS)
