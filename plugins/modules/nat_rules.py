@@ -1,0 +1,419 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: nat_rules
+short_description: Declarative NAT rules (masquerade, SNAT, DNAT, mark, return) on nftables or iptables
+version_added: 0.1.0
+description:
+  - Manages the NAT rules this collection owns, as a list of rules keyed by O(config[].name), in the style of the
+    network resource modules (O(state=merged), V(replaced), V(overridden), V(deleted), V(gathered), V(rendered), V(parsed)).
+  - "Owned objects: with nft, the tables C(ip nodenet_nat) and C(ip6 nodenet_nat); with iptables, the chains
+    C(NODENET-PREROUTING), C(NODENET-INPUT), C(NODENET-OUTPUT), C(NODENET-POSTROUTING) of table C(nat) and one jump rule
+    to each from its built-in chain. Rules of other tools (kube-proxy, docker, firewalld, people) are never modified or removed."
+  - The rule name is the rule's identity and is written as its comment; the host's owned rules are read back and compared
+    with the desired rules as normalized data, so a second run reports no change.
+  - Every rule is validated first, and the whole new ruleset is checked by the kernel's tools (C(nft -c),
+    C(iptables-restore --test)) for every family before any of it is applied; a bad input fails naming the rule,
+    the field and the value, and changes nothing.
+  - Each family is applied in one transaction (one C(nft -f) or one C(iptables-restore --noflush)).
+author:
+  - nodenet.nat maintainers (@nodenet)
+options:
+  config:
+    description:
+      - The rules. Each name may appear once. Within one chain of one family, rules apply in list order.
+      - With O(state=deleted) only O(config[].name) is used.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description:
+          - Identity of the rule, written as its comment.
+          - 1 to 64 characters, letters, digits and C(.), C(_), C(:), C(/), C(-), starting with a letter or digit.
+        type: str
+        required: true
+      type:
+        description:
+          - What the rule does. V(masquerade) rewrites the source to the outgoing interface's address, V(snat) to
+            O(config[].to_source), V(dnat) sends to O(config[].to_destination), V(mark) sets a packet mark
+            (O(config[].set_mark)), V(return) stops processing the owned rules of this chain (an exemption for the
+            rules after it).
+          - Required for a new rule. With O(state=merged) it may be left out to keep the existing rule's type.
+        type: str
+        choices: [masquerade, snat, dnat, mark, return]
+      chain:
+        description:
+          - The netfilter hook of the C(nat) table the rule runs in.
+          - V(masquerade) is valid only in V(postrouting); V(snat) in V(postrouting) and V(input); V(dnat) in V(prerouting)
+            and V(output); V(mark) and V(return) anywhere.
+          - When omitted, V(postrouting) for V(masquerade), V(snat) and V(return), V(prerouting) for V(dnat) and V(mark).
+        type: str
+        choices: [prerouting, input, output, postrouting]
+      family:
+        description:
+          - IP family of the rule. When omitted, inferred from the addresses of the rule, or V(ipv4) when it has none.
+          - A rule with addresses of both families is an error (write one rule per family).
+        type: str
+        choices: [ipv4, ipv6]
+      source:
+        description:
+          - Match source networks (CIDR) or addresses. An address means the host (C(/32) or C(/128)); a network with
+            host bits set (V(10.0.0.1/24)) is an error. Overlapping entries are merged.
+        type: list
+        elements: str
+      source_negate:
+        description:
+          - Match packets whose source is not in O(config[].source). Needs O(config[].source). When omitted, false.
+        type: bool
+      destination:
+        description:
+          - Match destination networks or addresses, as O(config[].source).
+        type: list
+        elements: str
+      destination_negate:
+        description:
+          - Match packets whose destination is not in O(config[].destination). When omitted, false.
+        type: bool
+      destination_type:
+        description:
+          - Match packets addressed to a local address of the node (iptables C(addrtype), nft C(fib daddr type)).
+        type: str
+        choices: [local]
+      destination_type_negate:
+        description:
+          - Match packets not addressed to a local address. Needs O(config[].destination_type). When omitted, false.
+        type: bool
+      in_interface:
+        description:
+          - Match the input interface (exact name). Only in chains V(prerouting) and V(input).
+        type: str
+      out_interface:
+        description:
+          - Match the output interface (exact name). Only in chains V(output) and V(postrouting).
+        type: str
+      protocol:
+        description:
+          - Match the layer 4 protocol. Needed by O(config[].destination_ports), O(config[].to_ports) and by
+            O(config[].to_destination) entries with a port.
+        type: str
+        choices: [tcp, udp, sctp]
+      destination_ports:
+        description:
+          - Match destination ports; each entry is a port (V(80)) or an inclusive range (V(30000-32767)).
+            Overlapping and adjacent entries are merged.
+        type: list
+        elements: raw
+      mark:
+        description:
+          - Match the packet mark, V(value/mask) (packet mark AND mask equals value) or V(value) (mask C(0xffffffff)).
+            Hexadecimal (V(0x4000)) or decimal.
+        type: str
+      mark_negate:
+        description:
+          - Match packets whose mark does not match O(config[].mark). When omitted, false.
+        type: bool
+      ct_state:
+        description:
+          - Match conntrack states (any of them).
+        type: list
+        elements: str
+        choices: [new, established, related, invalid, dnat, snat]
+      to_source:
+        description:
+          - V(snat) only (required there). The new source address, or an address range V(first-last).
+        type: str
+      to_destination:
+        description:
+          - V(dnat) only (required there). The new destinations, each V(address), V(address:port) or V([ipv6]:port);
+            either all entries have a port or none has.
+          - With several entries every new connection picks one at random (load balancing, as kube-proxy does).
+        type: list
+        elements: str
+      to_ports:
+        description:
+          - V(masquerade) and V(snat) only. The source port or port range V(first-last) to map to; needs O(config[].protocol).
+        type: raw
+      random_fully:
+        description:
+          - V(masquerade) and V(snat) only. Fully randomized source port mapping (avoids port collisions under
+            heavy connection churn). When omitted, false.
+        type: bool
+      set_mark:
+        description:
+          - V(mark) only (required there). The mark to set, V(value/mask) (the bits of the mask are set to value, other
+            bits kept; C(0x4000/0x4000) sets bit 0x4000 as kube-proxy's mark-for-masquerade) or V(value) (the whole mark).
+        type: str
+  state:
+    description:
+      - V(merged) adds the rules of O(config) and updates existing rules of the same name field by field
+        (fields given replace the existing ones, lists are replaced, not extended; a different O(config[].type)
+        replaces the whole rule). Existing rules keep their position, new ones are appended. Other owned rules stay.
+      - V(replaced) adds the rules of O(config) and replaces existing rules of the same name as a whole (fields not
+        given take their defaults), in place. Other owned rules stay.
+      - V(overridden) makes the owned rules exactly O(config); owned rules not in it are removed.
+      - V(deleted) removes the owned rules named in O(config); with an empty O(config), every owned rule.
+      - V(gathered) returns the owned rules found on the host in RV(gathered), changing nothing.
+      - V(rendered) returns, in RV(rendered), the script that creates O(config) on a host without owned rules. It
+        works offline and needs an explicit O(backend).
+      - V(parsed) reads O(running_config) offline into RV(parsed); needs an explicit O(backend).
+    type: str
+    choices: [merged, replaced, overridden, deleted, gathered, rendered, parsed]
+    default: merged
+  backend:
+    description:
+      - The netfilter front end. V(nft) uses the nft tool; V(iptables) the iptables-nft tools; V(iptables-legacy)
+        the legacy tools.
+      - V(auto) picks the one in use on the host, as Kubernetes' iptables-wrappers do, preferring one that already
+        holds this collection's rules; RV(backend_reason) says why.
+    type: str
+    choices: [auto, nft, iptables, iptables-legacy]
+    default: auto
+  running_config:
+    description:
+      - With O(state=parsed), the output of one list command of the backend, that is C(nft -j list table ip nodenet_nat)
+        (or C(ip6)) for V(nft), and C(iptables-save -t nat) or C(ip6tables-save -t nat) for the iptables backends.
+      - The family is IPv6 for C(ip6tables-save) output (recognized by its C(# Generated by ip6tables-save) header line)
+        and for an nft listing of an C(ip6) table; IPv4 otherwise.
+    type: str
+  persist:
+    description:
+      - After converging, also write the owned ruleset to files that restore it at boot, and report a change when
+        they differ. The files hold only the owned objects; loading them is the host's business.
+      - With V(nft), one file for both families; include it from C(/etc/nftables.conf) (C(include "/etc/nftables.d/nodenet-nat.nft")).
+      - With the iptables backends, the IPv4 file at O(persist_path) and the IPv6 file at O(persist_path) followed by C(6);
+        load them with C(iptables-restore --noflush) and C(ip6tables-restore --noflush) after the base rules.
+      - Ignored by O(state=gathered), V(rendered) and V(parsed).
+    type: bool
+    default: false
+  persist_path:
+    description:
+      - File written by O(persist). When omitted, C(/etc/nftables.d/nodenet-nat.nft) for V(nft) and
+        C(/etc/iptables/nodenet-nat.rules) (and C(/etc/iptables/nodenet-nat.rules6)) for the iptables backends.
+    type: path
+notes:
+  - Supports check mode (nothing changes; RV(after) is predicted and RV(commands) lists what would run) and
+    diff mode (the owned rules before and after).
+  - The iptables backend cannot express a negated match of several networks in one rule; such a rule fails
+    naming it. Write V(return) rules for the exemptions before it instead.
+requirements:
+  - nft (nftables) for O(backend=nft), or iptables/ip6tables (nft or legacy variant, with their save and restore tools).
+seealso:
+  - module: nodenet.nat.forwarding
+extends_documentation_fragment:
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: [linux]
+"""
+
+EXAMPLES = r"""
+- name: Masquerade traffic from the pods leaving the node (node egress)
+  nodenet.nat.nat_rules:
+    config:
+      - name: pods-to-pods
+        type: return
+        source: [10.244.0.0/16]
+        destination: [10.244.0.0/16]
+      - name: pods-egress
+        type: masquerade
+        source: [10.244.0.0/16]
+        out_interface: eth0
+        random_fully: true
+
+- name: NodePort 30080 answered on every local address, balanced over three pods
+  nodenet.nat.nat_rules:
+    backend: nft
+    config:
+      - name: web-nodeport
+        type: dnat
+        destination_type: local
+        protocol: tcp
+        destination_ports: [30080]
+        to_destination:
+          - 10.244.1.10:8080
+          - 10.244.2.11:8080
+          - 10.244.3.12:8080
+
+- name: Make the owned rules exactly these, one rule per family (other owned rules are removed)
+  nodenet.nat.nat_rules:
+    state: overridden
+    config:
+      - name: pods-egress-v4
+        type: masquerade
+        source: [10.244.0.0/16]
+      - name: pods-egress-v6
+        type: masquerade
+        source: [fd00:10:244::/56]
+
+- name: Remove one rule
+  nodenet.nat.nat_rules:
+    state: deleted
+    config:
+      - name: web-nodeport
+
+- name: Remove every rule this collection owns
+  nodenet.nat.nat_rules:
+    state: deleted
+
+- name: Read the owned rules
+  nodenet.nat.nat_rules:
+    state: gathered
+  register: nat
+
+- name: Show the nft script for a ruleset, without a host
+  nodenet.nat.nat_rules:
+    state: rendered
+    backend: nft
+    config:
+      - name: mark-external
+        type: mark
+        in_interface: eth0
+        set_mark: 0x4000/0x4000
+      - name: masquerade-marked
+        type: masquerade
+        mark: 0x4000/0x4000
+  delegate_to: localhost
+
+- name: Read saved iptables output into rules
+  nodenet.nat.nat_rules:
+    state: parsed
+    backend: iptables
+    running_config: "{{ lookup('ansible.builtin.file', 'iptables-save-nat.txt') }}"
+  delegate_to: localhost
+"""
+
+RETURN = r"""
+before:
+  description: The owned rules found on the host before the task, in the shape of O(config) (fields at their defaults left out).
+  returned: when O(state) is merged, replaced, overridden or deleted
+  type: list
+  elements: dict
+  sample:
+    - name: pods-egress
+      type: masquerade
+      chain: postrouting
+      family: ipv4
+      source: [10.244.0.0/16]
+      random_fully: true
+after:
+  description:
+    - The owned rules after the task, read back from the host. In check mode, the predicted rules.
+  returned: when O(state) is merged, replaced, overridden or deleted
+  type: list
+  elements: dict
+  sample:
+    - name: web-nodeport
+      type: dnat
+      chain: prerouting
+      family: ipv4
+      destination_type: local
+      protocol: tcp
+      destination_ports: [30080]
+      to_destination: [10.244.1.10:8080, 10.244.2.11:8080]
+commands:
+  description: The lines of the scripts applied (in check mode, that would be applied), all families in order; empty when nothing changed.
+  returned: when O(state) is merged, replaced, overridden or deleted
+  type: list
+  elements: str
+  sample: ["*nat", ":NODENET-POSTROUTING - [0:0]", "-A NODENET-POSTROUTING -s 10.244.0.0/16 -m comment --comment pods-egress -j MASQUERADE", "COMMIT"]
+transactions:
+  description: The transactions behind RV(commands) (RV(rendered) for O(state=rendered)), one per family.
+  returned: when O(state) is merged, replaced, overridden, deleted or rendered
+  type: list
+  elements: dict
+  contains:
+    family:
+      description: V(ipv4) or V(ipv6).
+      type: str
+    argv:
+      description: The command that applies the script, reading it on standard input.
+      type: list
+      elements: str
+    script:
+      description: The exact script text.
+      type: str
+rendered:
+  description: The lines of the scripts that create O(config) on a host without owned rules.
+  returned: when O(state=rendered)
+  type: list
+  elements: str
+  sample: ["add table ip nodenet_nat", "delete table ip nodenet_nat", "table ip nodenet_nat {", "}"]
+gathered:
+  description: The owned rules on the host, in the shape of O(config).
+  returned: when O(state=gathered)
+  type: list
+  elements: dict
+parsed:
+  description: The owned rules found in O(running_config), in the shape of O(config).
+  returned: when O(state=parsed)
+  type: list
+  elements: dict
+backend:
+  description: The backend used.
+  returned: always
+  type: str
+  sample: nft
+backend_reason:
+  description: Why this backend was chosen (V(requested) when O(backend) named it).
+  returned: always
+  type: str
+  sample: no iptables front end in use (legacy iptables holds 0 rules, iptables-nft 0) and nft is installed
+drift:
+  description:
+    - Differences between the owned objects on the host and what the module writes although the rules compare equal
+      (hand edits in owned chains, a missing or duplicated jump rule). Their presence makes the task rewrite the owned objects.
+  returned: when found
+  type: list
+  elements: str
+persisted:
+  description: The files O(persist) wrote (in check mode, would write) because their content differed.
+  returned: when O(persist=true) and O(state) is merged, replaced, overridden or deleted
+  type: list
+  elements: str
+  sample: [/etc/nftables.d/nodenet-nat.nft]
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import BACKEND_CHOICES
+from ansible_collections.nodenet.nat.plugins.module_utils.model import RULE_OPTIONS
+from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import STATES, NatRulesError, run_nat_rules
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            config=dict(type="list", elements="dict", options=RULE_OPTIONS),
+            state=dict(type="str", choices=list(STATES), default="merged"),
+            backend=dict(type="str", choices=list(BACKEND_CHOICES), default="auto"),
+            running_config=dict(type="str"),
+            persist=dict(type="bool", default=False),
+            persist_path=dict(type="path"),
+        ),
+        required_if=[("state", "parsed", ["running_config"])],
+        supports_check_mode=True,
+    )
+
+    def run_command(argv, data=None):
+        # binary_data: the script goes to stdin exactly as rendered (no extra newline).
+        return module.run_command(argv, data=data, binary_data=True)
+
+    try:
+        result = run_nat_rules(module.params, run_command, module.get_bin_path, check_mode=module.check_mode, diff=module._diff)
+    except NatRulesError as error:
+        module.fail_json(msg=str(error), **error.result)
+    for warning in result.pop("warnings", []):
+        module.warn(warning)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,376 @@
+"""iptables backend: render -> iptables-restore -> iptables-save -> parse, offline and in throwaway netns.
+
+Offline tests read outputs recorded by tests/unit/fixtures/iptables/record.sh. Tests marked
+``netns`` run the real binaries inside ``unshare --net`` (a namespace that disappears with the
+process), so the host's ruleset is never touched.
+"""
+import ipaddress
+import os
+import shlex
+import shutil
+import subprocess
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import IptablesBackend, UnsupportedRule
+from ansible_collections.nodenet.nat.plugins.module_utils.model import (
+    CHAINS, CHAINS_BY_TYPE, CT_STATES, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS,
+    Endpoint, Mark, PortRange, RuleError, make_rule, normalize_ct_states, normalize_networks, normalize_port_ranges,
+)
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "iptables")
+VARIANTS = ("nft", "legacy")
+NO_STATE = HostState([], {})
+
+
+def fixture(name):
+    with open(os.path.join(FIXTURES, name)) as handle:
+        return handle.read()
+
+
+def net(text):
+    return ipaddress.ip_network(text)
+
+
+def addr(text):
+    return ipaddress.ip_address(text)
+
+
+def host_order(rules):
+    """Parse lists rules by family, then hook, then position in the chain."""
+    return sorted(rules, key=lambda rule: (FAMILIES.index(rule.family), CHAINS.index(rule.chain)))
+
+
+# The rules recorded in owned-*.ipv4.save / owned-*.ipv6.save (see record.sh), in host order.
+RECORDED_V4 = [
+    make_rule(name="mark-external", type="mark", chain="prerouting", family="ipv4", mark=Mark(0x4000, 0x4000), mark_negate=True,
+              destination_type="local", set_mark=Mark(0x4000, 0x4000)),
+    make_rule(name="web", type="dnat", chain="prerouting", family="ipv4", protocol="tcp",
+              destination_ports=(PortRange(80, 80), PortRange(443, 445)), destination_type="local",
+              to_destination=(Endpoint(addr("10.244.1.2"), 8080), Endpoint(addr("10.244.1.3"), 8080), Endpoint(addr("10.244.1.4"), None))),
+    make_rule(name="pods-direct", type="return", chain="postrouting", family="ipv4", source=(net("10.244.0.0/16"),),
+              destination=(net("10.244.0.0/16"),)),
+    make_rule(name="egress", type="masquerade", chain="postrouting", family="ipv4", source=(net("10.244.0.0/16"), net("10.245.0.0/16")),
+              out_interface="eth0", random_fully=True),
+    make_rule(name="masq-marked", type="masquerade", chain="postrouting", family="ipv4", mark=Mark(0x4000, 0x4000), ct_state=("dnat",)),
+    make_rule(name="snat-range", type="snat", chain="postrouting", family="ipv4", source=(net("192.168.7.1/32"),), protocol="udp",
+              to_source=(addr("198.51.100.10"), addr("198.51.100.12")), to_ports=PortRange(1024, 65535)),
+]
+RECORDED_V6 = [
+    make_rule(name="dns6", type="dnat", chain="output", family="ipv6", destination=(net("fd00:1::1/128"),), protocol="udp",
+              destination_ports=(PortRange(53, 53),), to_destination=(Endpoint(addr("fd00:2::1"), 5353), Endpoint(addr("fd00:2::2"), None))),
+    make_rule(name="snat6", type="snat", chain="postrouting", family="ipv6", source=(net("fd00:2::/64"),), source_negate=True, protocol="tcp",
+              to_source=(addr("fd00::1"), addr("fd00::9")), to_ports=PortRange(1000, 2000), random_fully=True),
+    make_rule(name="masq6", type="masquerade", chain="postrouting", family="ipv6"),
+]
+FOREIGN_V4 = ["-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER", "-A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE",
+              "-A DOCKER -i docker0 -j RETURN"]
+
+
+# ---------------------------------------------------------------- offline: parse recorded output
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_parse_recorded_listing_gives_owned_rules_only(variant):
+    state = IptablesBackend(variant).parse({"ipv4": fixture("owned-%s.ipv4.save" % variant),
+                                            "ipv6": fixture("owned-%s.ipv6.save" % variant)})
+    assert state.rules == RECORDED_V4 + RECORDED_V6
+    assert state.facts["unrecognized"] == []
+    assert state.facts["ipv4"]["chains"] == ["NODENET-POSTROUTING", "NODENET-PREROUTING"]
+    assert state.facts["ipv4"]["jumps"] == {
+        "PREROUTING": ["-m comment --comment nodenet-nat -j NODENET-PREROUTING"],
+        "POSTROUTING": ["-m comment --comment nodenet-nat -j NODENET-POSTROUTING"]}
+
+
+def test_parse_reads_only_the_nat_table_of_a_full_listing():
+    state = IptablesBackend("legacy").parse({"ipv4": fixture("owned-legacy.all.save")})
+    assert state.rules == RECORDED_V4
+
+
+def test_parse_without_owned_objects_is_empty():
+    state = IptablesBackend("nft").parse({"ipv4": fixture("kube-nft.all.save"), "ipv6": ""})
+    assert state == HostState([], {"ipv4": {"chains": [], "jumps": {}}, "ipv6": {"chains": [], "jumps": {}}, "unrecognized": []})
+
+
+def test_parse_reports_drift_it_cannot_express_as_rules():
+    state = IptablesBackend("nft").parse({"ipv4": fixture("drift-nft.ipv4.save")})
+    assert state.rules == [make_rule(name="egress", type="masquerade", chain="postrouting", family="ipv4", source=(net("10.0.0.0/8"),))]
+    drift = "\n".join(state.facts["unrecognized"])
+    for expected in ("NODENET-OLD: chain this collection does not use",
+                     "NODENET-INPUT: owned chain without rules",
+                     "NODENET-INPUT: expected one jump rule from INPUT, found 1",
+                     "NODENET-POSTROUTING: expected one jump rule from POSTROUTING, found 2",
+                     "cannot read '-s 10.0.0.0/8 -j ACCEPT'",
+                     "cannot read '-m comment --comment odd -j MASQUERADE --random' (unsupported option --random"):
+        assert expected in drift
+
+
+def test_parse_reports_lines_of_one_rule_that_disagree():
+    text = "\n".join([
+        "*nat", ":NODENET-POSTROUTING - [0:0]", "-A POSTROUTING -m comment --comment nodenet-nat -j NODENET-POSTROUTING",
+        "-A NODENET-POSTROUTING -s 10.0.0.0/8 -m comment --comment egress -j MASQUERADE",
+        "-A NODENET-POSTROUTING -s 11.0.0.0/8 -m comment --comment egress -j MASQUERADE --random-fully", "COMMIT"])
+    state = IptablesBackend("nft").parse({"ipv4": text})
+    assert state.facts["unrecognized"] == ["ipv4 NODENET-POSTROUTING: rule 'egress' is not in the shape this collection writes"]
+
+
+# ---------------------------------------------------------------- offline: render
+
+def test_first_render_declares_chains_and_inserts_jumps_on_top():
+    rule = make_rule(name="egress", type="masquerade", chain="postrouting", family="ipv4", source=(net("10.244.0.0/16"),),
+                     destination=(net("10.0.0.0/8"),), destination_negate=True, random_fully=True)
+    [transaction] = IptablesBackend("nft").render([rule], NO_STATE)
+    assert transaction.family == "ipv4"
+    assert transaction.check_argv == ["iptables-nft-restore", "-w", "--test", "--noflush"]
+    assert transaction.apply_argv == ["iptables-nft-restore", "-w", "--noflush"]
+    assert transaction.text == (
+        "*nat\n"
+        ":NODENET-POSTROUTING - [0:0]\n"
+        "-I POSTROUTING 1 -m comment --comment nodenet-nat -j NODENET-POSTROUTING\n"
+        '-A NODENET-POSTROUTING -s 10.244.0.0/16 ! -d 10.0.0.0/8 -m comment --comment "egress" -j MASQUERADE --random-fully\n'
+        "COMMIT\n")
+
+
+def test_legacy_variant_uses_legacy_binaries_for_both_families():
+    backend = IptablesBackend("legacy")
+    assert backend.name == "iptables-legacy"
+    assert backend.list_commands() == [("ipv4", ["iptables-legacy-save", "-t", "nat"]), ("ipv6", ["ip6tables-legacy-save", "-t", "nat"])]
+    [transaction] = backend.render(RECORDED_V6, NO_STATE)
+    assert transaction.apply_argv == ["ip6tables-legacy-restore", "-w", "--noflush"]
+
+
+def test_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="iptables variant must be one of legacy, nft, got 'xtables'"):
+        IptablesBackend("xtables")
+
+
+def test_render_against_recorded_state_keeps_existing_jumps():
+    backend = IptablesBackend("nft")
+    state = backend.parse({"ipv4": fixture("owned-nft.ipv4.save"), "ipv6": fixture("owned-nft.ipv6.save")})
+    transactions = backend.render(state.rules, state)
+    assert [transaction.family for transaction in transactions] == ["ipv4", "ipv6"]
+    for transaction in transactions:
+        assert not [line for line in transaction.text.splitlines() if line.startswith(("-I", "-D", "-X"))]
+
+
+def test_render_nothing_removes_every_owned_object_and_nothing_else():
+    backend = IptablesBackend("nft")
+    state = backend.parse({"ipv4": fixture("owned-nft.ipv4.save")})
+    [transaction] = backend.render([], state)
+    assert transaction.text == (
+        "*nat\n"
+        ":NODENET-POSTROUTING - [0:0]\n"
+        ":NODENET-PREROUTING - [0:0]\n"
+        "-D POSTROUTING -m comment --comment nodenet-nat -j NODENET-POSTROUTING\n"
+        "-D PREROUTING -m comment --comment nodenet-nat -j NODENET-PREROUTING\n"
+        "-X NODENET-POSTROUTING\n"
+        "-X NODENET-PREROUTING\n"
+        "COMMIT\n")
+
+
+def test_render_nothing_on_a_clean_host_is_no_transaction():
+    assert IptablesBackend("nft").render([], IptablesBackend("nft").parse({})) == []
+
+
+@pytest.mark.parametrize("field", ["source", "destination"])
+def test_negated_match_of_several_networks_is_refused_naming_rule_and_field(field):
+    rule = make_rule(name="egress", type="masquerade", chain="postrouting", family="ipv4",
+                     **{field: (net("10.0.0.0/8"), net("192.168.0.0/16")), field + "_negate": True})
+    with pytest.raises(UnsupportedRule, match=r"rule 'egress': %s_negate needs exactly one network in %s .* got 2" % (field, field)):
+        IptablesBackend("nft").render([rule], NO_STATE)
+    assert issubclass(UnsupportedRule, RuleError)
+
+
+def test_dnat_cascade_probabilities_and_multiport_groups():
+    ports = tuple(PortRange(port, port) for port in range(1000, 1040, 2))    # 20 ports: groups of 15 and 5
+    rule = make_rule(name="svc", type="dnat", chain="prerouting", family="ipv4", protocol="tcp", destination_ports=ports,
+                     to_destination=tuple(Endpoint(addr("10.0.0.%d" % host), 80) for host in (1, 2, 3)))
+    [transaction] = IptablesBackend("nft").render([rule], NO_STATE)
+    lines = [line for line in transaction.text.splitlines() if line.startswith("-A")]
+    assert len(lines) == 6
+    assert [line.count(",") + 1 for line in lines] == [15, 15, 15, 5, 5, 5]
+    probabilities = [shlex.split(line)[shlex.split(line).index("--probability") + 1] if "--probability" in line else None for line in lines]
+    assert probabilities == ["0.3333333333", "0.5000000000", None] * 2
+
+
+# ---------------------------------------------------------------- real binaries in a throwaway netns
+
+def _netns_available():
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    return all(shutil.which("%s-%s-%s" % (prefix, variant, tool)) for prefix in ("iptables", "ip6tables")
+               for variant in VARIANTS for tool in ("save", "restore"))
+
+
+netns = pytest.mark.skipif(not _netns_available(), reason="needs root, unshare and iptables-nft/-legacy binaries")
+
+
+class Netns(object):
+    """Runs restore scripts, then the backend's list commands, in one fresh network namespace."""
+
+    def __init__(self, backend, tmp_path):
+        self.backend = backend
+        self.tmp_path = tmp_path
+
+    def run(self, steps):
+        """steps: [(argv, stdin text)] applied in order; returns the list outputs {family: text}."""
+        commands = []
+        for index, (argv, text) in enumerate(steps):
+            path = self.tmp_path / ("step%d.rules" % index)
+            path.write_text(text)
+            commands.append("%s < %s" % (" ".join(shlex.quote(arg) for arg in argv), shlex.quote(str(path))))
+        marker = "@@family@@"
+        for family, argv in self.backend.list_commands():
+            commands.append("echo %s%s && %s" % (marker, family, " ".join(shlex.quote(arg) for arg in argv)))
+        result = subprocess.run(["unshare", "--net", "--", "sh", "-ec", "\n".join(commands)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
+        assert result.returncode == 0, result.stderr
+        outputs = {}
+        for chunk in result.stdout.split(marker)[1:]:
+            family, dummy, text = chunk.partition("\n")
+            outputs[family] = text
+        return outputs
+
+    def apply(self, rules, before_steps=()):
+        """Apply ``before_steps``, read the state, render ``rules`` against it, check and apply: (outputs, transactions)."""
+        before = self.backend.parse(self.run(before_steps))
+        transactions = self.backend.render(rules, before)
+        steps = list(before_steps)
+        for transaction in transactions:
+            steps += [(transaction.check_argv, transaction.text), (transaction.apply_argv, transaction.text)]
+        return self.run(steps), steps
+
+
+def _restore_argv(variant, family="ipv4"):
+    return ["%s-%s-restore" % ("iptables" if family == "ipv4" else "ip6tables", variant), "-w", "--noflush"]
+
+
+def _rule_lines(text):
+    return [line for line in text.splitlines() if line.startswith("-A")]
+
+
+@netns
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_round_trip_both_families_and_second_render_changes_nothing(variant, tmp_path):
+    backend = IptablesBackend(variant)
+    lab = Netns(backend, tmp_path)
+    rules = RECORDED_V4 + RECORDED_V6
+    outputs, steps = lab.apply(rules)
+    state = backend.parse(outputs)
+    assert state.rules == rules
+    assert state.facts["unrecognized"] == []
+    # Applying the next run's script on top of the first gives the same listing: no duplicate jump.
+    again = backend.render(rules, state)
+    assert all("-I " not in transaction.text for transaction in again)
+    outputs_again = lab.run(steps + [(transaction.apply_argv, transaction.text) for transaction in again])
+    assert [_rule_lines(outputs_again[family]) for family in FAMILIES] == [_rule_lines(outputs[family]) for family in FAMILIES]
+
+
+@netns
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_foreign_rules_survive_a_new_ruleset_and_the_removal_of_all_rules(variant, tmp_path):
+    backend = IptablesBackend(variant)
+    lab = Netns(backend, tmp_path)
+    foreign = [(_restore_argv(variant), "*nat\n:DOCKER - [0:0]\n%s\nCOMMIT\n" % "\n".join(FOREIGN_V4))]
+    outputs, steps = lab.apply(RECORDED_V4, foreign)
+    assert set(FOREIGN_V4) <= set(_rule_lines(outputs["ipv4"]))
+    # A different ruleset replaces ours; then nothing removes every owned object.
+    outputs, steps = lab.apply([RECORDED_V4[0]], steps)
+    assert backend.parse(outputs).rules == [RECORDED_V4[0]]
+    assert set(FOREIGN_V4) <= set(_rule_lines(outputs["ipv4"]))
+    outputs, dummy = lab.apply([], steps)
+    assert _rule_lines(outputs["ipv4"]) == FOREIGN_V4
+    assert "NODENET" not in outputs["ipv4"] + outputs["ipv6"]
+
+
+@netns
+def test_render_repairs_drift_recorded_on_a_host(tmp_path):
+    backend = IptablesBackend("nft")
+    lab = Netns(backend, tmp_path)
+    wanted = [make_rule(name="egress", type="masquerade", chain="postrouting", family="ipv4", source=(net("10.0.0.0/8"),))]
+    outputs, dummy = lab.apply(wanted, [(_restore_argv("nft"), fixture("drift-nft.ipv4.save"))])
+    state = backend.parse(outputs)
+    assert (state.rules, state.facts["unrecognized"]) == (wanted, [])
+    assert state.facts["ipv4"]["chains"] == ["NODENET-POSTROUTING"]
+
+
+@netns
+def test_check_fails_before_anything_changes(tmp_path):
+    """--test refuses a script the kernel would refuse (here: SNAT with ports but no protocol)."""
+    rule = make_rule(name="bad", type="snat", chain="postrouting", family="ipv4",
+                     to_source=(addr("192.0.2.1"), addr("192.0.2.1")), to_ports=PortRange(1000, 2000))
+    [transaction] = IptablesBackend("nft").render([rule], NO_STATE)
+    path = tmp_path / "bad.rules"
+    path.write_text(transaction.text)
+    result = subprocess.run(["unshare", "--net", "--", "sh", "-c", '"$0" "$@" < "%s"; iptables-nft-save -t nat' % path]
+                            + transaction.check_argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
+    assert "Need TCP, UDP, SCTP or DCCP with port specification" in result.stderr
+    assert "NODENET" not in result.stdout
+
+
+# ---------------------------------------------------------------- property: any valid rule list round-trips
+
+def _networks(family):
+    bits, network_class = (32, ipaddress.IPv4Network) if family == "ipv4" else (128, ipaddress.IPv6Network)
+    network = st.builds(lambda value, prefix: network_class((value, prefix), strict=False), st.integers(0, 2 ** bits - 1),
+                        st.integers(8 if family == "ipv4" else 16, bits))
+    return st.lists(network, max_size=3).map(normalize_networks)
+
+
+def _addresses(family):
+    return st.integers(1, 2 ** (32 if family == "ipv4" else 128) - 2).map(
+        lambda value: ipaddress.IPv4Address(value) if family == "ipv4" else ipaddress.IPv6Address(value))
+
+
+PORT_RANGES = st.tuples(st.integers(1, 65535), st.integers(0, 50)).map(lambda item: PortRange(item[0], min(65535, item[0] + item[1])))
+MARKS = st.tuples(st.integers(0, 0xffffffff), st.integers(0, 0xffffffff)).map(lambda item: Mark(item[0] & item[1], item[1]))
+INTERFACES = st.sampled_from(["eth0", "cni0", "veth+", "br-1a2b"])
+
+
+@st.composite
+def nat_rules(draw, name):
+    family = draw(st.sampled_from(FAMILIES))
+    rule_type = draw(st.sampled_from(sorted(CHAINS_BY_TYPE)))
+    chain = draw(st.sampled_from(CHAINS_BY_TYPE[rule_type]))
+    protocol = draw(st.one_of(st.none(), st.sampled_from(PROTOCOLS)))
+    fields = dict(name=name, type=rule_type, chain=chain, family=family, protocol=protocol)
+    for field in ("source", "destination"):
+        fields[field] = draw(_networks(family))
+        fields[field + "_negate"] = len(fields[field]) == 1 and draw(st.booleans())
+    if draw(st.booleans()):
+        fields.update(destination_type="local", destination_type_negate=draw(st.booleans()))
+    if chain in IN_INTERFACE_CHAINS:
+        fields["in_interface"] = draw(st.one_of(st.none(), INTERFACES))
+    if chain in OUT_INTERFACE_CHAINS:
+        fields["out_interface"] = draw(st.one_of(st.none(), INTERFACES))
+    if protocol:
+        fields["destination_ports"] = normalize_port_ranges(draw(st.lists(PORT_RANGES, max_size=20)))
+    if draw(st.booleans()):
+        fields.update(mark=draw(MARKS), mark_negate=draw(st.booleans()))
+    fields["ct_state"] = normalize_ct_states(draw(st.lists(st.sampled_from(CT_STATES), max_size=3)))
+    to_ports = draw(st.one_of(st.none(), PORT_RANGES)) if protocol else None
+    if rule_type in ("masquerade", "snat"):
+        fields.update(to_ports=to_ports, random_fully=draw(st.booleans()))
+    if rule_type == "snat":
+        fields["to_source"] = tuple(sorted(draw(st.lists(_addresses(family), min_size=2, max_size=2))))
+    elif rule_type == "dnat":
+        ports = st.one_of(st.none(), st.integers(1, 65535)) if protocol else st.none()
+        fields["to_destination"] = tuple(draw(st.lists(st.builds(Endpoint, _addresses(family), ports), min_size=1, max_size=4)))
+    elif rule_type == "mark":
+        fields["set_mark"] = draw(MARKS)
+    return make_rule(**fields)
+
+
+RULE_LISTS = st.integers(0, 6).flatmap(lambda count: st.tuples(*[nat_rules("rule-%d" % index) for index in range(count)]))
+
+
+@netns
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rules=RULE_LISTS, variant=st.sampled_from(VARIANTS))
+def test_generated_rules_round_trip_through_the_kernel(rules, variant, tmp_path):
+    backend = IptablesBackend(variant)
+    outputs, dummy = Netns(backend, tmp_path).apply(list(rules))
+    state = backend.parse(outputs)
+    assert state.rules == host_order(rules)
+    assert state.facts["unrecognized"] == []

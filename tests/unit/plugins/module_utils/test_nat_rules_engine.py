@@ -1,0 +1,388 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The nat_rules engine: desired ruleset per state and the check / apply / read-back flow."""
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState, NatBackend, Transaction
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import NftBackend
+from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES, rule_from_params, rule_to_params
+from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import (
+    NatRulesError, NatRulesRun, canonical_order, desired_rules, merge_params, offline_backend, read_host, run_nat_rules,
+    running_config_family,
+)
+
+EGRESS = dict(name="egress", type="masquerade", source=["10.244.0.0/16"], random_fully=True)
+EXEMPT = dict(name="exempt", type="return", source=["10.244.0.0/16"], destination=["10.244.0.0/16"])
+WEB = dict(name="web", type="dnat", protocol="tcp", destination_ports=[30080], to_destination=["10.244.1.10:80", "10.244.2.11:80"])
+EGRESS6 = dict(name="egress6", type="masquerade", source=["fd00:10:244::/56"])
+
+
+def _rules(*configs):
+    return [rule_from_params(params, index) for index, params in enumerate(configs)]
+
+
+def _names(rules):
+    return [rule.name for rule in rules]
+
+
+# -- desired ruleset per state ------------------------------------------------------------------
+
+def test_merged_keeps_positions_replaces_by_name_and_appends_new_rules():
+    current = _rules(EXEMPT, EGRESS)
+    desired = desired_rules("merged", current, [dict(name="late", type="masquerade"), dict(name="exempt", destination=["10.96.0.0/12"])])
+    assert _names(desired) == ["exempt", "egress", "late"]
+    assert [str(network) for network in desired[0].destination] == ["10.96.0.0/12"]
+    assert desired[0].source == current[0].source
+
+
+def test_merged_combines_fields_with_the_existing_rule():
+    merged = desired_rules("merged", _rules(EGRESS), [dict(name="egress", out_interface="eth0")])
+    assert merged == _rules(dict(EGRESS, out_interface="eth0"))
+
+
+def test_merged_with_another_type_replaces_the_whole_rule():
+    snat = dict(name="egress", type="snat", to_source="192.0.2.1")
+    assert desired_rules("merged", _rules(EGRESS), [snat]) == _rules(snat)
+
+
+def test_merged_address_change_re_infers_the_family():
+    existing = _rules(dict(name="any", type="masquerade", family="ipv6"))
+    assert desired_rules("merged", existing, [dict(name="any", source=["10.0.0.0/8"])])[0].family == "ipv4"
+    assert desired_rules("merged", existing, [dict(name="any", random_fully=True)])[0].family == "ipv6"
+
+
+def test_merged_new_rule_needs_a_type():
+    with pytest.raises(Exception, match=r"config\[0\] \(name=new\): type: is required"):
+        desired_rules("merged", _rules(EGRESS), [dict(name="new", source=["10.0.0.0/8"])])
+
+
+def test_merge_params_replaces_lists_rather_than_extending_them():
+    merged = merge_params(_rules(EGRESS)[0], dict(name="egress", source=["10.0.0.0/8"], random_fully=None))
+    assert merged["source"] == ["10.0.0.0/8"] and merged["random_fully"] is True
+
+
+def test_replaced_overwrites_the_whole_rule_in_place():
+    desired = desired_rules("replaced", _rules(EGRESS, EXEMPT), [dict(name="egress", type="masquerade", out_interface="eth0")])
+    assert desired == _rules(dict(name="egress", type="masquerade", out_interface="eth0"), EXEMPT)
+
+
+def test_overridden_is_exactly_the_config_in_canonical_order():
+    desired = desired_rules("overridden", _rules(EGRESS, EXEMPT), [EGRESS6, EXEMPT, WEB])
+    assert _names(desired) == ["web", "exempt", "egress6"]
+
+
+def test_canonical_order_keeps_the_order_within_a_chain():
+    rules = _rules(EGRESS6, EGRESS, WEB, EXEMPT)
+    assert _names(canonical_order(rules)) == ["web", "egress", "exempt", "egress6"]
+
+
+def test_deleted_removes_named_rules_and_ignores_unknown_names():
+    assert _names(desired_rules("deleted", _rules(EXEMPT, EGRESS, WEB), [dict(name="egress"), dict(name="gone")])) == ["exempt", "web"]
+
+
+def test_deleted_without_config_removes_every_owned_rule():
+    assert desired_rules("deleted", _rules(EXEMPT, EGRESS), []) == []
+
+
+def test_duplicate_names_fail_in_every_action_state():
+    for state in ("merged", "replaced", "overridden", "deleted"):
+        with pytest.raises(Exception, match=r"config\[1\] \(name=egress\): name: 'egress' is already used by config\[0\]"):
+            desired_rules(state, [], [EGRESS, EGRESS])
+
+
+# -- the flow, with a fake backend and a fake host ----------------------------------------------
+
+class FakeBackend(NatBackend):
+    """Stores rules as JSON per family; validation fails for a rule named in ``refuse``."""
+
+    name = "fake"
+
+    def __init__(self, refuse=()):
+        self.refuse = refuse
+
+    def list_commands(self):
+        return [(family, ["fake-list", family]) for family in FAMILIES]
+
+    def parse(self, outputs):
+        rules = [rule_from_params(params, 0) for family in FAMILIES for params in json.loads(outputs.get(family) or "[]")]
+        return HostState(rules, {})
+
+    def render(self, rules, current):
+        transactions = []
+        for family in FAMILIES:
+            family_rules = [rule_to_params(rule) for rule in rules if rule.family == family]
+            if family_rules or any(rule.family == family for rule in current.rules):
+                check = ["fake-check", "refuse"] if any(rule["name"] in self.refuse for rule in family_rules) else ["fake-check"]
+                transactions.append(Transaction(family, json.dumps(family_rules) + "\n", check, ["fake-apply", family]))
+        return transactions
+
+
+class FakeHost(object):
+    """The runner: answers fake-list from its state, fake-apply changes it; records every call."""
+
+    def __init__(self, *configs):
+        self.state = dict((family, "[]") for family in FAMILIES)
+        for rule in _rules(*configs):
+            self.state[rule.family] = json.dumps(json.loads(self.state[rule.family]) + [rule_to_params(rule)])
+        self.calls = []
+
+    def __call__(self, argv, data=None):
+        self.calls.append(argv[0])
+        if argv[0] == "fake-list":
+            return 0, self.state[argv[1]], ""
+        if argv == ["fake-check", "refuse"]:
+            return 1, "", "line 1: no such thing\n"
+        if argv[0] == "fake-apply":
+            self.state[argv[1]] = data.strip()
+        return 0, "", ""
+
+
+def _run(host, state, config=None, check_mode=False, diff=False, backend=None, **params):
+    params = dict(dict(state=state, config=config, backend="auto", running_config=None, persist=False, persist_path=None), **params)
+    backend = backend or FakeBackend()
+    return NatRulesRun(params, host, lambda requested: (backend, "fake reason"), lambda name: backend,
+                       check_mode=check_mode, diff=diff).run()
+
+
+def test_apply_then_second_run_is_unchanged():
+    host = FakeHost(EGRESS)
+    result = _run(host, "merged", [WEB, EGRESS6])
+    assert result["changed"] is True
+    assert host.calls == ["fake-list", "fake-list", "fake-check", "fake-check", "fake-apply", "fake-apply", "fake-list", "fake-list"]
+    assert _names(_rules(*result["after"])) == ["web", "egress", "egress6"]
+    assert result["before"] == [rule_to_params(rule) for rule in _rules(EGRESS)]
+    assert result["commands"] == [line for transaction in result["transactions"] for line in transaction["script"].splitlines()]
+    assert result["backend"] == "fake" and result["backend_reason"] == "fake reason"
+
+    host.calls = []
+    again = _run(host, "merged", [WEB, EGRESS6])
+    assert again["changed"] is False and again["commands"] == [] and again["after"] == result["after"]
+    assert host.calls == ["fake-list", "fake-list"]
+
+
+def test_check_mode_runs_only_checks_and_predicts_after():
+    host = FakeHost(EGRESS)
+    before_state = dict(host.state)
+    result = _run(host, "overridden", [WEB], check_mode=True, diff=True)
+    assert result["changed"] is True
+    assert "fake-apply" not in host.calls and "fake-check" in host.calls
+    assert host.state == before_state
+    assert result["after"] == [rule_to_params(rule) for rule in _rules(WEB)]
+    assert result["diff"] == dict(before=dict(rules=result["before"]), after=dict(rules=result["after"]))
+    assert result["commands"]
+
+
+def test_failed_check_applies_nothing_in_any_family():
+    host = FakeHost()
+    with pytest.raises(NatRulesError) as caught:
+        _run(host, "merged", [EGRESS, EGRESS6], backend=FakeBackend(refuse=("egress6",)))
+    assert "validation of the ipv6 ruleset failed (rc=1) running fake-check refuse: line 1: no such thing" in str(caught.value)
+    assert "fake-apply" not in host.calls
+    assert caught.value.result["commands"]
+
+
+def test_invalid_input_fails_before_any_command_changes_the_host():
+    host = FakeHost(EGRESS)
+    with pytest.raises(NatRulesError, match=r"config\[1\] \(name=bad\): destination: '10.0.0.300/24' is not a valid network"):
+        _run(host, "overridden", [WEB, dict(name="bad", type="masquerade", destination=["10.0.0.300/24"])])
+    assert set(host.calls) == {"fake-list"}
+
+
+def test_gathered_reads_only():
+    host = FakeHost(EGRESS, EGRESS6)
+    result = _run(host, "gathered")
+    assert result == dict(changed=False, backend="fake", backend_reason="fake reason",
+                          gathered=[rule_to_params(rule) for rule in _rules(EGRESS, EGRESS6)])
+    assert set(host.calls) == {"fake-list"}
+
+
+def test_deleted_everything_leaves_nothing_owned():
+    host = FakeHost(EGRESS, EGRESS6)
+    result = _run(host, "deleted")
+    assert result["changed"] is True and result["after"] == []
+    assert host.state == {"ipv4": "[]", "ipv6": "[]"}
+
+
+def test_drift_is_reported_and_rewritten_although_rules_are_equal():
+    class DriftingBackend(FakeBackend):
+        def parse(self, outputs):
+            return HostState(super(DriftingBackend, self).parse(outputs).rules, {"drift": ["ipv4 NODENET-POSTROUTING: hand edit"]})
+
+    host = FakeHost(EGRESS)
+    result = _run(host, "merged", [EGRESS], backend=DriftingBackend())
+    assert result["changed"] is True and result["drift"] == ["ipv4 NODENET-POSTROUTING: hand edit"]
+    assert "fake-apply" in host.calls
+
+
+def test_read_back_that_differs_is_warned_about():
+    class ForgetfulHost(FakeHost):
+        def __call__(self, argv, data=None):
+            if argv[0] == "fake-apply":
+                return 0, "", ""
+            return super(ForgetfulHost, self).__call__(argv, data)
+
+    result = _run(ForgetfulHost(), "merged", [EGRESS])
+    assert result["after"] == [] and "differs from the desired rules" in result["warnings"][0]
+
+
+def test_failing_list_command_names_the_command():
+    def broken(argv, data=None):
+        return 4, "", "Permission denied (you must be root)\n"
+
+    with pytest.raises(NatRulesError, match=r"reading the ipv4 ruleset failed \(rc=4\) running fake-list ipv4: Permission denied"):
+        _run(broken, "gathered")
+
+
+def test_missing_nft_table_reads_as_nothing_owned():
+    def no_tables(argv, data=None):
+        return 1, "", "Error: No such file or directory\nlist table ip nodenet_nat\n"
+
+    assert read_host(NftBackend(), no_tables).rules == []
+
+
+def test_persist_writes_the_fresh_host_script_once(tmp_path):
+    host = FakeHost()
+    path = str(tmp_path / "etc" / "nat.rules")
+    result = _run(host, "merged", [EGRESS, EGRESS6], persist=True, persist_path=path)
+    assert result["persisted"] == [path, path + "6"]
+    saved = (tmp_path / "etc" / "nat.rules").read_text()
+    assert saved.startswith("# Managed by nodenet.nat") and '"egress"' in saved and '"egress6"' not in saved
+    assert '"egress6"' in (tmp_path / "etc" / "nat.rules6").read_text()
+
+    again = _run(host, "merged", [EGRESS, EGRESS6], persist=True, persist_path=path)
+    assert again["changed"] is False and again["persisted"] == []
+
+
+def test_persist_in_check_mode_writes_nothing(tmp_path):
+    path = str(tmp_path / "nat.rules")
+    result = _run(FakeHost(EGRESS), "merged", [EGRESS], check_mode=True, persist=True, persist_path=path)
+    assert result["changed"] is True and result["persisted"] == [path, path + "6"]
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- offline states ---------------------------------------------------------------------------
+
+def _fail_on_call(argv, data=None):
+    raise AssertionError("offline state ran %s" % argv)
+
+
+def _offline(state, backend, **params):
+    params = dict(dict(state=state, config=None, backend=backend, running_config=None, persist=False, persist_path=None), **params)
+    return NatRulesRun(params, _fail_on_call, _fail_on_call, offline_backend).run()
+
+
+def test_rendered_needs_an_explicit_backend():
+    with pytest.raises(NatRulesError, match="backend: state rendered works offline and needs an explicit backend"):
+        _offline("rendered", "auto", config=[EGRESS])
+
+
+def test_rendered_is_the_fresh_host_script():
+    result = _offline("rendered", "nft", config=[EGRESS, WEB])
+    transactions = NftBackend().render(canonical_order(_rules(EGRESS, WEB)), HostState([], {}))
+    assert result["rendered"] == [line for transaction in transactions for line in transaction.text.splitlines()]
+    assert result["backend"] == "nft" and result["changed"] is False
+
+
+@pytest.mark.parametrize("backend", ["iptables", "iptables-legacy"])
+def test_parsed_reads_ip6tables_save_output_as_ipv6(backend):
+    running_config = "\n".join([
+        "# Generated by ip6tables-save v1.8.9 (nf_tables) on Mon Jan  1 00:00:00 2024",
+        "*nat",
+        ":PREROUTING ACCEPT [0:0]",
+        ":POSTROUTING ACCEPT [0:0]",
+        ":NODENET-POSTROUTING - [0:0]",
+        "-A POSTROUTING -m comment --comment nodenet-nat -j NODENET-POSTROUTING",
+        "-A NODENET-POSTROUTING -s fd00:10:244::/56 -m comment --comment egress6 -j MASQUERADE",
+        "COMMIT",
+    ]) + "\n"
+    result = _offline("parsed", backend, running_config=running_config)
+    assert result["parsed"] == [rule_to_params(rule) for rule in _rules(EGRESS6)]
+    assert result["backend"] == backend
+
+
+def test_parsed_round_trips_a_rendered_iptables_ruleset():
+    rules = _rules(EXEMPT, EGRESS)
+    script = offline_backend("iptables").render(rules, HostState([], {}))[0].text
+    saved = script.replace("-I POSTROUTING 1 ", "-A POSTROUTING ")
+    assert _offline("parsed", "iptables", running_config=saved)["parsed"] == [rule_to_params(rule) for rule in rules]
+
+
+@pytest.mark.parametrize("text, family", [
+    ("# Generated by iptables-save v1.8.9\n*nat\nCOMMIT\n", "ipv4"),
+    ("# Generated by ip6tables-save v1.8.9\n*nat\nCOMMIT\n", "ipv6"),
+    ('{"nftables": [{"metainfo": {}}, {"table": {"family": "ip6", "name": "nodenet_nat", "handle": 3}}]}', "ipv6"),
+    ('{"nftables": [{"table": {"family": "ip", "name": "nodenet_nat", "handle": 3}}]}', "ipv4"),
+])
+def test_running_config_family(text, family):
+    assert running_config_family(text) == family
+
+
+def test_no_installed_backend_fails_with_a_message():
+    with pytest.raises(NatRulesError, match="backend: nft was requested but the nft binary is not installed"):
+        run_nat_rules(dict(state="gathered", config=None, backend="nft", running_config=None, persist=False, persist_path=None),
+                      _fail_on_call, lambda name: None)
+
+
+# -- the real backends, in a throwaway network namespace ---------------------------------------
+
+_REAL_BACKEND_BINARIES = {"nft": ["nft"], "iptables": ["iptables-nft-restore", "ip6tables-nft-restore"],
+                          "iptables-legacy": ["iptables-legacy-restore", "ip6tables-legacy-restore"]}
+
+
+@pytest.fixture
+def namespace_runner():
+    """A runner whose commands run in a new network namespace, gone when the fixture ends."""
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"):
+        pytest.skip("needs root, unshare and nsenter to create a network namespace")
+    holder = subprocess.Popen(["unshare", "--net", "--", "sleep", "600"])
+    try:
+        namespace = "/proc/%d/ns/net" % holder.pid
+        deadline = time.time() + 5
+        while os.readlink(namespace) == os.readlink("/proc/self/ns/net"):
+            # Until unshare has switched, the holder is still in this machine's namespace.
+            assert time.time() < deadline, "unshare did not create a network namespace"
+            time.sleep(0.01)
+
+        def run(argv, data=None):
+            done = subprocess.run(["nsenter", "--net=" + namespace, "--"] + argv, input=data, capture_output=True, text=True, check=False)
+            return done.returncode, done.stdout, done.stderr
+
+        yield run
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize("backend_name", sorted(_REAL_BACKEND_BINARIES))
+def test_real_backend_converges_idempotently_in_a_namespace(namespace_runner, backend_name):
+    if not all(shutil.which(binary) for binary in _REAL_BACKEND_BINARIES[backend_name]):
+        pytest.skip("%s tools are not installed" % backend_name)
+    mark = dict(name="mark-external", type="mark", in_interface="eth0", set_mark="0x4000/0x4000")
+    steps = [
+        ("merged", [EXEMPT, EGRESS, WEB, mark, EGRESS6], True),
+        ("merged", [EXEMPT, EGRESS, WEB, mark, EGRESS6], False),
+        ("merged", [dict(name="web", to_destination=["10.244.1.10:80", "10.244.2.11:80", "10.244.3.12:80"])], True),
+        ("overridden", [EGRESS, EGRESS6], True),
+        ("overridden", [EGRESS6, EGRESS], False),
+        ("deleted", [dict(name="egress6")], True),
+        ("deleted", [], True),
+        ("deleted", [], False),
+    ]
+    backend = offline_backend(backend_name)
+    for state, config, changed in steps:
+        params = dict(state=state, config=config, backend=backend_name, running_config=None, persist=False, persist_path=None)
+        check = NatRulesRun(params, namespace_runner, lambda requested: (backend, "test"), offline_backend, check_mode=True).run()
+        result = NatRulesRun(params, namespace_runner, lambda requested: (backend, "test"), offline_backend).run()
+        assert (check["changed"], result["changed"]) == (changed, changed), (state, config, result)
+        assert "warnings" not in result and "drift" not in result, result
+        assert check["after"] == result["after"], (state, config)
+    assert read_host(backend, namespace_runner).rules == []
