@@ -95,6 +95,35 @@ def desired_rules(state, current, config):
     raise ValueError("state %r has no desired ruleset" % state)
 
 
+def in_scope(rule, scope):
+    return not scope or rule.name.startswith(scope)
+
+
+def check_scope(config, scope):
+    """Raise RuleError for a config rule whose name lies outside ``scope``."""
+    for index, params in enumerate(config):
+        name = params.get("name") or ""
+        if not name.startswith(scope):
+            raise RuleError("config[%d] (name=%s): name: %r does not start with the scope %r" % (index, name, name, scope))
+
+
+def splice_scope(current, scoped_desired, scope):
+    """The whole owned ruleset with the rules of ``scope`` replaced by ``scoped_desired``.
+
+    Other rules keep their order. In each chain the scope's rules go where its first rule
+    was, or after the other rules when it had none there, so that several callers, each
+    with its own scope, converge to a stable order whatever order they run in.
+    """
+    positions = {}
+    for index, rule in enumerate(current):
+        if in_scope(rule, scope):
+            positions.setdefault((rule.family, rule.chain), index)
+    others = [(index, 0, rule) for index, rule in enumerate(current) if not in_scope(rule, scope)]
+    placed = [(positions.get((rule.family, rule.chain), len(current)), -1, rule) for rule in scoped_desired]
+    merged = sorted(others + placed, key=lambda item: item[:2])
+    return canonical_order([rule for dummy_index, dummy_tie, rule in merged])
+
+
 def script_lines(transactions):
     """The scripts of ``transactions`` as one list of lines (the ``commands`` return value)."""
     return [line for transaction in transactions for line in transaction.text.splitlines()]
@@ -254,13 +283,16 @@ class NatRulesRun(object):
         except BackendUnavailable as error:
             raise NatRulesError(str(error))
         result = dict(changed=False, backend=backend.name, backend_reason=reason)
+        scope = self.params.get("scope") or ""
+        check_scope(config, scope)
         current = read_host(backend, self.run_command)
         if state == "gathered":
-            result["gathered"] = _as_params(current.rules)
+            result["gathered"] = _as_params([rule for rule in current.rules if in_scope(rule, scope)])
             return result
         current_rules = canonical_order(current.rules)
-        desired = desired_rules(state, current_rules, config)
-        result.update(before=_as_params(current_rules), commands=[], transactions=[])
+        scoped_current = [rule for rule in current_rules if in_scope(rule, scope)]
+        desired = splice_scope(current_rules, desired_rules(state, scoped_current, config), scope)
+        result.update(before=_as_params(scoped_current), commands=[], transactions=[])
         after = desired
         drift = host_drift(current)
         if drift:
@@ -281,7 +313,7 @@ class NatRulesRun(object):
                 if after != desired:
                     result["warnings"] = ["the %s ruleset read back after applying differs from the desired rules; "
                                           "compare after with the config" % backend.name]
-        result["after"] = _as_params(after)
+        result["after"] = _as_params([rule for rule in after if in_scope(rule, scope)])
         if self.params.get("persist"):
             result["persisted"] = _persist(backend, desired, self.params.get("persist_path"), self.check_mode)
             result["changed"] = result["changed"] or bool(result["persisted"])

@@ -172,6 +172,16 @@ options:
     type: str
     choices: [auto, nft, iptables, iptables-legacy]
     default: auto
+  scope:
+    description:
+      - Limits the task to the owned rules whose name starts with this prefix, so that several callers (the roles of
+        this collection, or teams) can each own a part of the ruleset. Every O(config[].name) must start with it.
+      - O(state=overridden) then makes the scope's rules exactly O(config) and keeps every rule outside the scope;
+        O(state=deleted) with an empty O(config) removes the scope's rules only; V(merged), V(replaced) and V(gathered)
+        see only the scope's rules. RV(before) and RV(after) list the scope's rules.
+      - In each chain, the scope's rules take the place of its first existing rule there (or follow the other rules),
+        so callers with different scopes reach a stable order whatever order they run in.
+    type: str
   running_config:
     description:
       - With O(state=parsed), the output of one list command of the backend, that is C(nft -j list table ip nodenet_nat)
@@ -262,6 +272,15 @@ EXAMPLES = r"""
 - name: Remove every rule this collection owns
   nodenet.nat.nat_rules:
     state: deleted
+
+- name: Own the rules named "team-a-" and nothing else (other owned rules stay where they are)
+  nodenet.nat.nat_rules:
+    state: overridden
+    scope: team-a-
+    config:
+      - name: team-a-egress
+        type: masquerade
+        source: [10.10.0.0/16]
 
 - name: Read the owned rules
   nodenet.nat.nat_rules:
@@ -394,6 +413,7 @@ def main():
             config=dict(type="list", elements="dict", options=RULE_OPTIONS),
             state=dict(type="str", choices=list(STATES), default="merged"),
             backend=dict(type="str", choices=list(BACKEND_CHOICES), default="auto"),
+            scope=dict(type="str"),
             running_config=dict(type="str"),
             persist=dict(type="bool", default=False),
             persist_path=dict(type="path"),

@@ -147,7 +147,7 @@ class FakeHost(object):
 
 
 def _run(host, state, config=None, check_mode=False, diff=False, backend=None, **params):
-    params = dict(dict(state=state, config=config, backend="auto", running_config=None, persist=False, persist_path=None), **params)
+    params = dict(dict(state=state, config=config, backend="auto", scope=None, running_config=None, persist=False, persist_path=None), **params)
     backend = backend or FakeBackend()
     return NatRulesRun(params, host, lambda requested: (backend, "fake reason"), lambda name: backend,
                        check_mode=check_mode, diff=diff).run()
@@ -386,3 +386,45 @@ def test_real_backend_converges_idempotently_in_a_namespace(namespace_runner, ba
         assert "warnings" not in result and "drift" not in result, result
         assert check["after"] == result["after"], (state, config)
     assert read_host(backend, namespace_runner).rules == []
+
+
+# -- scope: several callers, each owning the rules named with its prefix -------------------------
+
+TEAM_A = dict(name="a-egress", type="masquerade", source=["10.10.0.0/16"])
+TEAM_B_MARK = dict(name="b-mark", type="mark", chain="postrouting", source=["10.20.0.0/16"], set_mark="0x2000/0x2000")
+TEAM_B = dict(name="b-egress", type="masquerade", source=["10.20.0.0/16"], mark="0x2000/0x2000", mark_negate=True)
+
+
+def test_scoped_overridden_keeps_other_rules_and_replaces_the_scope_in_place():
+    host = FakeHost(TEAM_A, TEAM_B_MARK, TEAM_B, EGRESS)
+    result = _run(host, "overridden", [dict(TEAM_B, name="b-egress-2")], scope="b-")
+    assert _names(_rules(*result["before"])) == ["b-mark", "b-egress"]
+    assert _names(_rules(*result["after"])) == ["b-egress-2"]
+    assert _names(_rules(*_run(host, "gathered", scope="").get("gathered"))) == ["a-egress", "b-egress-2", "egress"]
+
+
+def test_scopes_converge_to_a_stable_order_whatever_order_they_run_in():
+    host = FakeHost()
+    for scope, config in (("a-", [TEAM_A]), ("b-", [TEAM_B_MARK, TEAM_B]), ("a-", [TEAM_A]), ("b-", [TEAM_B_MARK, TEAM_B])):
+        result = _run(host, "overridden", config, scope=scope)
+    assert result["changed"] is False
+    assert _names(_rules(*_run(host, "gathered").get("gathered"))) == ["a-egress", "b-mark", "b-egress"]
+
+
+def test_scoped_deleted_without_config_removes_only_the_scope():
+    host = FakeHost(TEAM_A, TEAM_B_MARK, TEAM_B)
+    result = _run(host, "deleted", [], scope="b-")
+    assert result["changed"] is True and result["after"] == []
+    assert _names(_rules(*_run(host, "gathered").get("gathered"))) == ["a-egress"]
+
+
+def test_scoped_gathered_lists_only_the_scope():
+    host = FakeHost(TEAM_A, TEAM_B)
+    assert _names(_rules(*_run(host, "gathered", scope="a-")["gathered"])) == ["a-egress"]
+
+
+def test_a_rule_outside_the_scope_fails_before_anything_runs():
+    host = FakeHost(TEAM_A)
+    with pytest.raises(NatRulesError, match=r"config\[0\] \(name=a-egress\): name: 'a-egress' does not start with the scope 'b-'"):
+        _run(host, "overridden", [TEAM_A], scope="b-")
+    assert host.calls == []
