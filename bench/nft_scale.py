@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """How the nft backend scales with the number of services.
 
@@ -8,7 +8,7 @@ For N DNAT service rules (one ClusterIP:port each, 3 endpoints each) it times: r
 chains) against what grows (map elements, per-service chains).
 
 Runs itself inside a throwaway network namespace (``unshare --net``, root), so the host's ruleset
-is never touched. Prints a Markdown report:  python3 bench/nft_scale.py > bench/RESULTS.md
+is never touched. Prints a Markdown report:  python bench/nft_scale.py > bench/RESULTS.md
 Needs the collection link that ``make collection`` (or any unit test run) creates under .collections/.
 """
 import ipaddress
@@ -55,7 +55,7 @@ def timed(function, *args):
 
 
 def nft(argv, text=None):
-    result = subprocess.run(argv, input=text, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    result = subprocess.run(argv, input=text, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
     if result.returncode != 0:
         sys.exit("%s failed: %s" % (" ".join(argv), result.stderr[:2000]))
     return result.stdout
@@ -86,20 +86,20 @@ def measure(count):
     rules, replacement = services(count, 0), services(count, ENDPOINTS_PER_SERVICE)
     seconds = {}
     seconds["render"], (transaction,) = timed(BACKEND.render, rules, HostState([], {"tables": set()}))
-    seconds["nft -c"], _ = timed(check, transaction)
-    seconds["apply"], _ = timed(apply, transaction)
+    seconds["nft -c"], dummy = timed(check, transaction)
+    seconds["apply"], dummy = timed(apply, transaction)
     list_argv = dict(BACKEND.list_commands())["ipv4"]
     seconds["list"], listing = timed(nft, list_argv)
     seconds["parse"], state = timed(BACKEND.parse, {"ipv4": listing})
     if state.rules != rules:
         sys.exit("parse of %d services does not give back the rendered rules" % count)
     (replace,) = BACKEND.render(replacement, state)
-    seconds["replace"], _ = timed(apply, replace)
+    seconds["replace"], dummy = timed(apply, replace)
     replaced = BACKEND.parse({"ipv4": nft(list_argv)})
     if replaced.rules != replacement:
         sys.exit("replace of %d services did not converge" % count)
     (remove,) = BACKEND.render([], replaced)
-    seconds["remove"], _ = timed(apply, remove)
+    seconds["remove"], dummy = timed(apply, remove)
     return seconds, listing_counts(listing), len(transaction.text)
 
 
@@ -114,7 +114,7 @@ def report():
         "(the module's steady-state change); `list` is `nft -j list table`, `parse` turns it back into rules "
         "(checked equal to the input); `remove` deletes the table (the empty ruleset)." % (ENDPOINTS_PER_SERVICE, ENDPOINTS_PER_SERVICE, REPEATS),
         "",
-        "Reproduce (root; runs inside its own network namespace): `python3 bench/nft_scale.py > bench/RESULTS.md`",
+        "Reproduce (root; runs inside its own network namespace): `python bench/nft_scale.py > bench/RESULTS.md`",
         "",
         "Machine: %s, %d cores (%s), kernel %s, %s, Python %s." % (
             _cpu_model(), os.cpu_count(), platform.machine(), platform.release(), nft(["nft", "--version"]).strip(),

@@ -9,9 +9,7 @@ whole flow is unit-testable with fakes.
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import os
 import re
-import tempfile
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import BackendUnavailable, select_backend
@@ -20,6 +18,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import MI
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     CHAINS, FAMILIES, RuleError, rule_from_params, rule_names, rule_to_params, rules_from_config,
 )
+from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlError, read_text, write_file_atomic
 
 ACTION_STATES = ("merged", "replaced", "overridden", "deleted")
 OFFLINE_STATES = ("rendered", "parsed")
@@ -194,38 +193,14 @@ def persist_files(backend, desired, persist_path):
     return files
 
 
-def _read_text(path):
-    try:
-        with open(path) as handle:
-            return handle.read()
-    except IOError:
-        return None
-
-
-def write_file_atomically(path, text):
-    """Write ``text`` to ``path`` through a temporary file in the same directory and a rename."""
-    directory = os.path.dirname(path) or "."
-    if not os.path.isdir(directory):
-        os.makedirs(directory, 0o755)
-    handle, temporary = tempfile.mkstemp(dir=directory, prefix=".nodenet-nat.")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.chmod(temporary, 0o644)
-        os.rename(temporary, path)
-    except Exception:
-        os.unlink(temporary)
-        raise
-
-
 def _persist(backend, desired, persist_path, check_mode):
     """Paths whose content changed (written unless in check mode)."""
     changed = []
     for path, text in sorted(persist_files(backend, desired, persist_path).items()):
-        if _read_text(path) != text:
+        if read_text(path) != text:
             changed.append(path)
             if not check_mode:
-                write_file_atomically(path, text)
+                write_file_atomic(path, text)
     return changed
 
 
@@ -315,7 +290,10 @@ class NatRulesRun(object):
                                           "compare after with the config" % backend.name]
         result["after"] = _as_params([rule for rule in after if in_scope(rule, scope)])
         if self.params.get("persist"):
-            result["persisted"] = _persist(backend, desired, self.params.get("persist_path"), self.check_mode)
+            try:
+                result["persisted"] = _persist(backend, desired, self.params.get("persist_path"), self.check_mode)
+            except SysctlError as error:
+                raise NatRulesError(str(error), result)
             result["changed"] = result["changed"] or bool(result["persisted"])
         if self.diff:
             # Mappings, which the callbacks serialize into text before diffing.

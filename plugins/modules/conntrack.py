@@ -201,10 +201,9 @@ files:
     /etc/modules-load.d/90-nodenet-nat-conntrack.conf: unchanged
 """
 
-import errno
-
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.nodenet.nat.plugins.module_utils.commands import command_runner
 from ansible_collections.nodenet.nat.plugins.module_utils.conntrack import ConntrackError, tune
 
 
@@ -234,13 +233,7 @@ def main():
         supports_check_mode=True,
     )
 
-    def run_command(argv):
-        # get_bin_path also searches /sbin and /usr/sbin, which a remote PATH may lack; the OSError
-        # of a missing modprobe becomes a message naming the kernel module.
-        executable = module.get_bin_path(argv[0])
-        if executable is None:
-            raise OSError(errno.ENOENT, "command not found", argv[0])
-        return module.run_command([executable] + argv[1:])
+    run_command = command_runner(module)
 
     try:
         result = tune(module.params, "/", run_command, module.check_mode, module.warn)

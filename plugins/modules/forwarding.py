@@ -174,10 +174,9 @@ kernel_modules_loaded:
   sample: [br_netfilter]
 """
 
-import errno
-
 from ansible.module_utils.basic import AnsibleModule
 
+from ansible_collections.nodenet.nat.plugins.module_utils.commands import command_runner
 from ansible_collections.nodenet.nat.plugins.module_utils.forwarding import ForwardingError, converge
 
 RP_FILTER_CHOICES = ["strict", "loose", "off"]
@@ -205,12 +204,7 @@ def main():
         supports_check_mode=True,
     )
 
-    def run_command(argv):
-        # get_bin_path also searches /sbin and /usr/sbin, which a remote PATH may lack.
-        executable = module.get_bin_path(argv[0])
-        if executable is None:
-            raise OSError(errno.ENOENT, "command not found", argv[0])
-        return module.run_command([executable] + argv[1:])
+    run_command = command_runner(module)
 
     try:
         result = converge(module.params, "/", module.check_mode, run_command)
