@@ -193,7 +193,8 @@ def _converge_present(params, root, check_mode, run_command):
     settings = desired_settings(params)
     conf_file, modules_load_file = persisted_paths(params["sysctl_file"])
     bridge = params.get("bridge_nf_call_iptables")
-    bridge_loaded = sysctl.kernel_module_loaded(root, BRIDGE_MODULE)
+    # A br_netfilter built into the kernel has no /sys/module entry; its keys existing is what counts.
+    bridge_loaded = sysctl.kernel_module_loaded(root, BRIDGE_MODULE) or os.path.isdir(sysctl.host_path(root, "/proc/sys/net/bridge"))
     load_bridge = bridge is True and not bridge_loaded
     # net.bridge.* exists only with br_netfilter loaded; left unloaded, bridged traffic skips netfilter already.
     runtime = [s for s in settings if s.key not in BRIDGE_KEYS or bridge_loaded or load_bridge]

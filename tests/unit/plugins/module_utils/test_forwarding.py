@@ -350,6 +350,13 @@ def test_bridge_loads_br_netfilter_only_when_missing(root):
     assert again["changed"] is False and again["kernel_modules_loaded"] == []
 
 
+def test_bridge_built_into_the_kernel_needs_no_modprobe(root):
+    put_keys(root, {key: "0" for key in forwarding.BRIDGE_KEYS})  # built in: keys exist, no /sys/module/br_netfilter
+    result = converge(root, bridge_nf_call_iptables=True)  # no_commands: modprobe must not run
+    assert result["changed"] is True and result["kernel_modules_loaded"] == []
+    assert all(read_keys(root)[key] == "1" for key in forwarding.BRIDGE_KEYS)
+
+
 def test_bridge_sets_keys_when_module_is_loaded(root):
     load_br_netfilter(root)
     result = converge(root, bridge_nf_call_iptables=False, persist=False)
