@@ -9,7 +9,7 @@ BIN         := $(CURDIR)/$(VENV)/bin
 PYTHON      ?= python3
 COLLECTIONS := $(CURDIR)/.collections
 COLLECTION  := $(COLLECTIONS)/ansible_collections/nodenet/nat
-APT_PACKAGES := podman runc debootstrap iptables nftables conntrack iproute2 kmod make git
+APT_PACKAGES := podman runc debootstrap iptables nftables conntrack iproute2 kmod make git shellcheck
 SCENARIOS   ?= $(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
 
 export CONTAINERS_CONF := $(CURDIR)/tests/lab/containers.conf
@@ -25,7 +25,7 @@ help:
 setup: packages venv collection image
 
 packages:
-	@missing=""; for bin in podman runc debootstrap nft iptables-legacy conntrack ip modprobe git; do \
+	@missing=""; for bin in podman runc debootstrap nft iptables-legacy conntrack ip modprobe git shellcheck; do \
 	    command -v $$bin >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; fi
