@@ -71,8 +71,16 @@ sanity: $(SANITY_VENV)/.installed
 unit: venv collection
 	$(BIN)/python -m pytest -q tests/unit
 
+# Scenarios run MOLECULE_JOBS at a time (their containers have distinct names); each one's output
+# is printed whole when it ends.
+MOLECULE_JOBS ?= 2
 molecule: setup
-	set -e; for scenario in $(SCENARIOS); do molecule test -s $$scenario; done
+	$(MAKE) --no-print-directory --output-sync=target -j$(MOLECULE_JOBS) $(addprefix molecule-,$(SCENARIOS))
+
+molecule-%:
+	@echo "== molecule scenario $* ($$(date +%T))"
+	@start=$$(date +%s); molecule test -s $*; status=$$?; \
+	echo "== molecule scenario $*: exit $$status after $$(( $$(date +%s) - start )) s"; exit $$status
 
 test: setup lint sanity unit molecule
 
