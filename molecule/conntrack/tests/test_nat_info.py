@@ -1,0 +1,97 @@
+"""nat_info on the faults prepare.yml seeded: each is reported with a severity and a fix, the ones fixed
+disappear, and the conntrack facts follow real connections through the node.
+
+The tests run in file order: the first ones see the seeded node, the fix test changes it.
+"""
+import json
+import os
+import subprocess
+
+POD_CIDR = "10.244.0.0/16"
+SEEDED = ["forwarding_off", "masquerade_missing", "rp_filter_strict_multihomed", "hairpin_off", "bridge_nf_call_off"]
+FIXED = ["forwarding_off", "masquerade_missing", "rp_filter_strict_multihomed", "bridge_nf_call_off"]
+
+
+def nat_info(module, **params):
+    params.setdefault("pod_cidrs", [POD_CIDR])
+    params.setdefault("backend", "nft")
+    return module("nodenet.nat.nat_info", params)["ansible_facts"]["nodenet_nat"]
+
+
+def problems(facts):
+    return dict((problem["id"], problem) for problem in facts["problems"])
+
+
+def probe(node, namespace, count=3):
+    return node.check_output("lab.py probe %s 203.0.113.2 8080 --count %s --timeout 1", namespace, str(count)).splitlines()
+
+
+def test_the_seeded_faults_are_reported_with_severity_and_fix(node, module):
+    facts = nat_info(module)
+    found = problems(facts)
+    assert sorted(found) == sorted(SEEDED)
+    assert found["forwarding_off"]["severity"] == "error"
+    assert "nodenet.nat.forwarding" in found["forwarding_off"]["fix"]
+    assert found["masquerade_missing"]["severity"] == "error"
+    assert POD_CIDR in found["masquerade_missing"]["message"]
+    assert "node_egress" in found["masquerade_missing"]["fix"]
+    assert "v-pod-a" in found["hairpin_off"]["message"] and "v-pod-b" in found["hairpin_off"]["message"]
+    assert "hairpin_bridge: cni0" in found["hairpin_off"]["fix"]
+    assert "v-peer" in found["rp_filter_strict_multihomed"]["message"]
+    for problem in found.values():
+        assert problem["severity"] in ("error", "warning") and problem["fix"]
+    assert facts["forwarding"]["ipv4"] is False
+    assert sorted(facts["uplinks"]) == ["v-peer", "v-upstream"]
+    assert facts["bridges"]["cni0"]["pod_bridge"]
+    # And the fault is real: the pods reach nothing.
+    assert probe(node, "pod-a") == ["timeout"] * 3
+
+
+def test_diagnose_playbook_prints_the_host_and_its_problems(host):
+    playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "diagnose.yml")
+    run = subprocess.run(
+        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", host.backend.get_hostname(), playbook,
+         "-e", json.dumps({"node_egress_pod_cidrs": [POD_CIDR], "ansible_become": False})],
+        capture_output=True, text=True, check=False, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    rows = [line.split('"msg": "', 1)[1].split() for line in run.stdout.splitlines()
+            if '"msg": "%s ' % host.backend.get_hostname() in line]
+    assert len(rows) == 1, run.stdout
+    assert rows[0][:5] == [host.backend.get_hostname(), "nft", "ipv4", "off,", "ipv6"], rows[0]
+    rows[0] = " ".join(rows[0])
+    assert "%d: forwarding_off, masquerade_missing" % len(SEEDED) in rows[0]
+
+
+def test_fixed_faults_are_no_longer_reported(node, module):
+    module("nodenet.nat.forwarding", {"ipv4": True, "rp_filter": "loose", "bridge_nf_call_iptables": True})
+    module("nodenet.nat.nat_rules", {
+        "backend": "nft",
+        "config": [{"name": "verify-pods-egress", "type": "masquerade", "source": [POD_CIDR]}],
+    })
+
+    facts = nat_info(module)
+    assert sorted(problems(facts)) == sorted(set(SEEDED) - set(FIXED))
+    assert facts["forwarding"]["ipv4"] is True
+    # The upstream host has no route to the pods: it answers only because the node masquerades.
+    assert probe(node, "pod-a") == ["203.0.113.1 upstream"] * 3
+
+
+def test_conntrack_facts_follow_real_connections(node, module):
+    before = nat_info(module)["conntrack"]
+    assert before["loaded"] and before["max"] == node.sysctl("net.netfilter.nf_conntrack_max")
+    assert probe(node, "pod-b", count=6) == ["203.0.113.1 upstream"] * 6
+
+    after = nat_info(module, port_exhaustion_threshold=6)
+    conntrack = after["conntrack"]
+    # Each connection stays in TIME_WAIT (90 s, set by converge) long after this test.
+    assert conntrack["count"] >= before["count"] + 6
+    assert conntrack["usage_percent"] == round(100.0 * conntrack["count"] / conntrack["max"], 1)
+    busiest = conntrack["busiest_snat_destinations"][0]
+    assert busiest["count"] >= 6
+    assert (busiest["protocol"], busiest["snat_address"], busiest["destination"], busiest["port"]) == (
+        "tcp", "203.0.113.1", "203.0.113.2", 8080)
+    # The masquerade rule has no random-fully and 6+ flows share one destination: a (lowered) exhaustion risk.
+    risk = problems(after)["port_exhaustion_risk"]
+    assert "verify-pods-egress" in risk["message"] and "203.0.113.2" in risk["message"]
+    assert "random_fully" in risk["fix"]
