@@ -169,10 +169,11 @@ def offline_backend(name):
 def running_config_family(text):
     """The family of one list command's output given as ``running_config``.
 
-    IPv6 for ip6tables-save output (its header line names the tool) and for an nft listing of
+    IPv6 for ip6tables-save output (its header line names the tool: ``ip6tables-save``, or
+    ``ip6tables-nft-save`` as iptables-nft prints it) and for an nft listing of
     an ``ip6`` table; IPv4 otherwise.
     """
-    if "ip6tables-save" in text or re.search(r'"family"\s*:\s*"ip6"', text):
+    if re.search(r"ip6tables(-nft|-legacy)?-save", text) or re.search(r'"family"\s*:\s*"ip6"', text):
         return "ipv6"
     return "ipv4"
 
