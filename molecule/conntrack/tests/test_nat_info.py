@@ -7,15 +7,21 @@ import json
 import os
 import subprocess
 
+import pytest
+
 POD_CIDR = "10.244.0.0/16"
 SEEDED = ["forwarding_off", "masquerade_missing", "rp_filter_strict_multihomed", "hairpin_off", "bridge_nf_call_off"]
 FIXED = ["forwarding_off", "masquerade_missing", "rp_filter_strict_multihomed", "bridge_nf_call_off"]
 
 
-def nat_info(module, **params):
+@pytest.fixture
+def backend(host):
+    return host.ansible.get_variables()["nodenet_nat_backend"]
+
+
+def nat_info(module, backend, **params):
     params.setdefault("pod_cidrs", [POD_CIDR])
-    params.setdefault("backend", "nft")
-    return module("nodenet.nat.nat_info", params)["ansible_facts"]["nodenet_nat"]
+    return module("nodenet.nat.nat_info", dict(params, backend=backend))["ansible_facts"]["nodenet_nat"]
 
 
 def problems(facts):
@@ -26,8 +32,8 @@ def probe(node, namespace, count=3):
     return node.check_output("lab.py probe %s 203.0.113.2 8080 --count %s --timeout 1", namespace, str(count)).splitlines()
 
 
-def test_the_seeded_faults_are_reported_with_severity_and_fix(node, module):
-    facts = nat_info(module)
+def test_the_seeded_faults_are_reported_with_severity_and_fix(node, module, backend):
+    facts = nat_info(module, backend)
     found = problems(facts)
     assert sorted(found) == sorted(SEEDED)
     assert found["forwarding_off"]["severity"] == "error"
@@ -47,7 +53,7 @@ def test_the_seeded_faults_are_reported_with_severity_and_fix(node, module):
     assert probe(node, "pod-a") == ["timeout"] * 3
 
 
-def test_diagnose_playbook_prints_the_host_and_its_problems(host):
+def test_diagnose_playbook_prints_the_host_and_its_problems(host, backend):
     playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "diagnose.yml")
     run = subprocess.run(
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", host.backend.get_hostname(), playbook,
@@ -58,31 +64,34 @@ def test_diagnose_playbook_prints_the_host_and_its_problems(host):
     rows = [line.split('"msg": "', 1)[1].split() for line in run.stdout.splitlines()
             if '"msg": "%s ' % host.backend.get_hostname() in line]
     assert len(rows) == 1, run.stdout
-    assert rows[0][:5] == [host.backend.get_hostname(), "nft", "ipv4", "off,", "ipv6"], rows[0]
+    assert rows[0][:5] == [host.backend.get_hostname(), backend, "ipv4", "off,", "ipv6"], rows[0]
     rows[0] = " ".join(rows[0])
     assert "%d: forwarding_off, masquerade_missing" % len(SEEDED) in rows[0]
 
 
-def test_fixed_faults_are_no_longer_reported(node, module):
+def test_fixed_faults_are_no_longer_reported(node, module, backend):
     module("nodenet.nat.forwarding", {"ipv4": True, "rp_filter": "loose", "bridge_nf_call_iptables": True})
     module("nodenet.nat.nat_rules", {
-        "backend": "nft",
+        "backend": backend,
         "config": [{"name": "verify-pods-egress", "type": "masquerade", "source": [POD_CIDR]}],
     })
 
-    facts = nat_info(module)
+    facts = nat_info(module, backend)
     assert sorted(problems(facts)) == sorted(set(SEEDED) - set(FIXED))
     assert facts["forwarding"]["ipv4"] is True
+    assert facts["backend"]["name"] == backend and not facts["backend"]["mixed"]
+    assert [(rule["name"], rule["type"], rule["source"]) for rule in facts["rules"]] == [
+        ("verify-pods-egress", "masquerade", [POD_CIDR])]
     # The upstream host has no route to the pods: it answers only because the node masquerades.
     assert probe(node, "pod-a") == ["203.0.113.1 upstream"] * 3
 
 
-def test_conntrack_facts_follow_real_connections(node, module):
-    before = nat_info(module)["conntrack"]
+def test_conntrack_facts_follow_real_connections(node, module, backend):
+    before = nat_info(module, backend)["conntrack"]
     assert before["loaded"] and before["max"] == node.sysctl("net.netfilter.nf_conntrack_max")
     assert probe(node, "pod-b", count=6) == ["203.0.113.1 upstream"] * 6
 
-    after = nat_info(module, port_exhaustion_threshold=6)
+    after = nat_info(module, backend, port_exhaustion_threshold=6)
     conntrack = after["conntrack"]
     # Each connection stays in TIME_WAIT (90 s, set by converge) long after this test.
     assert conntrack["count"] >= before["count"] + 6
