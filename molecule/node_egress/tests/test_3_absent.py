@@ -1,0 +1,20 @@
+"""The role again with node_egress_state=absent: its rules are gone, upstream cannot answer the pods."""
+import pytest
+
+TARGETS = [("pod-a", "203.0.113.2"), ("pod-a", "2001:db8::2"), ("pod-a", "10.244.2.2")]
+COUNT = 1
+TIMEOUT = 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def absent(converged_with):
+    converged_with(node_egress_state="absent")
+
+
+def test_upstream_is_unreachable_again(probes):
+    assert probes["pod-a", "203.0.113.2"] == ["timeout"]
+    assert probes["pod-a", "2001:db8::2"] == ["timeout"]
+
+
+def test_pods_still_reach_pods_with_their_address(probes):
+    assert probes["pod-a", "10.244.2.2"] == ["10.244.1.2 remote"]
