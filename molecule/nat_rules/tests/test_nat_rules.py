@@ -15,7 +15,7 @@ import pytest
 import testinfra
 import yaml
 
-with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "rules.yml")) as rules_file:
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "vars", "rules.yml")) as rules_file:
     CONFIG = yaml.safe_load(rules_file)["nat_rules_config"]
 NAMES = sorted(rule["name"] for rule in CONFIG)
 NO_ANSWER = ("timeout", "refused")
