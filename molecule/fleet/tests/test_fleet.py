@@ -1,0 +1,57 @@
+"""Two nodes converged by playbooks/site.yml: what clients, pods and the upstream host see, then playbooks/remove.yml."""
+import os
+import subprocess
+
+import pytest
+import testinfra
+
+# The tests reach each node by name (no `host` fixture): each runs once, for the node it is about.
+NODE_A, NODE_B = "nodenet-fleet-a", "nodenet-fleet-b"
+A_TRANSIT, A_BRIDGE, B_UPSTREAM_SIDE = "10.255.0.1", "10.244.1.1", "203.0.113.1"
+
+
+@pytest.fixture(name="node_a", scope="module")
+def fixture_node_a():
+    return testinfra.get_host("podman://" + NODE_A)
+
+
+@pytest.fixture(name="node_b", scope="module")
+def fixture_node_b():
+    return testinfra.get_host("podman://" + NODE_B)
+
+
+def probe(node, namespace, address, port, count=4):
+    return node.check_output("lab.py probe %s %s %s --count %s --timeout 2", namespace, address, str(port), str(count)).splitlines()
+
+
+def test_client_on_a_reaches_a_nodeport_whose_backend_lives_on_b(node_a):
+    # Cluster policy: the client is masqueraded to A's address on the link towards B.
+    assert probe(node_a, "client", "198.51.100.1", 30080) == ["%s pod-b1" % A_TRANSIT] * 4
+
+
+def test_pod_on_b_reaches_upstream_as_node_b(node_b):
+    assert probe(node_b, "pod-b1", "203.0.113.2", 8080) == ["%s upstream" % B_UPSTREAM_SIDE] * 4
+
+
+def test_pod_to_pod_across_nodes_keeps_the_pod_source(node_a):
+    assert probe(node_a, "pod-a1", "10.244.2.10", 8080, count=2) == ["10.244.1.10 pod-b1"] * 2
+
+
+def test_pod_on_a_reaches_itself_through_its_service(node_a):
+    # hairpin role (bridge port in hairpin mode) + nodeport role (hairpin mark, masquerade)
+    assert probe(node_a, "pod-a1", A_BRIDGE, 30081) == ["%s pod-a1" % A_BRIDGE] * 4
+
+
+def test_remove_playbook_removes_everything_the_collection_owns(node_a, node_b):
+    playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "remove.yml")
+    subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], playbook], check=True, stdout=subprocess.DEVNULL)
+    # Packets stop: the node port no longer forwards, B no longer routes its pods out.
+    assert probe(node_a, "client", "198.51.100.1", 30080, count=2) == ["refused"] * 2
+    assert probe(node_b, "pod-b1", "203.0.113.2", 8080, count=2) == ["timeout"] * 2
+    # The owned objects are gone, and forwarding is back to what it was.
+    assert "nodenet_nat" not in node_a.check_output("nft list tables")
+    assert "NODENET" not in node_b.check_output("iptables-legacy-save -t nat")
+    assert not node_a.file("/usr/local/sbin/nodenet-hairpin").exists  # the hairpin role's watcher script
+    for node in (node_a, node_b):
+        assert node.sysctl("net.ipv4.ip_forward") == 0
+        assert not node.file("/etc/sysctl.d/90-nodenet-nat.conf").exists
