@@ -37,7 +37,7 @@ def sysctl_file_settings(text):
 def online_cpus(node):
     count = 0
     for part in node.file("/sys/devices/system/cpu/online").content_string.strip().split(","):
-        first, _, last = part.partition("-")
+        first, dummy, last = part.partition("-")
         count += int(last or first) - int(first) + 1
     return count
 
