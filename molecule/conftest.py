@@ -1,9 +1,11 @@
-"""Fixtures of the conntrack scenario.
+"""Fixtures shared by the scenarios' testinfra verifiers (pytest loads this file for every scenario).
 
-``node`` runs commands with ``podman exec`` (testinfra's ansible backend starts one ansible process per
-command). ``module`` runs a collection module with the json callback: with ansible-core 2.19 the tree
-output that ``host.ansible`` reads carries neither ``failed`` nor ``warnings``, both of which these
-tests assert.
+``node`` runs commands in the node container with ``podman exec``: testinfra's ansible backend would
+run one Ansible task per command. ``module`` runs a collection module through ad-hoc ``ansible``
+with the json callback: with ansible-core 2.19 the result that ``host.ansible`` reads carries
+neither ``failed`` nor ``warnings``, which the tests assert. ``probe`` sends real connections with
+the lab tool and returns one answer per connection ("<source the server saw> <label>", or
+"timeout"/"refused").
 """
 import json
 import os
@@ -19,23 +21,49 @@ class ModuleFailed(Exception):
         self.result = result
 
 
-@pytest.fixture
-def node(host):
-    return testinfra.get_host("podman://" + host.backend.get_hostname())
+def podman_host(name):
+    """The testinfra host of the container ``name``, through ``podman exec``."""
+    return testinfra.get_host("podman://" + name)
 
 
-@pytest.fixture
-def module(host):
+def run_module(name, module_name, params, check_failed=True):
+    """The result of ``module_name`` with ``params`` (a dict) on inventory host ``name``.
+
+    Raises ModuleFailed when the module fails, unless ``check_failed`` is false.
+    """
+    # auto_silent: the only warnings left are the module's own.
+    env = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_PYTHON_INTERPRETER="auto_silent")
+    argv = ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], name, "-m", module_name, "-a", json.dumps(params)]
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=300)
+    result = json.loads(out.stdout)["plays"][0]["tasks"][0]["hosts"][name]
+    if check_failed and result.get("failed"):
+        raise ModuleFailed(result)
+    return result
+
+
+def lab_probe(node, namespace, address, port=8080, count=1, timeout=2, udp=False):
+    """Answers to ``count`` connections from ``namespace`` to ``address``:``port``, one per connection."""
+    command = "lab.py probe %s %s %s --count %s --timeout %s" + (" --udp" if udp else "")
+    return node.check_output(command, namespace, address, str(port), str(count), str(timeout)).splitlines()
+
+
+@pytest.fixture(name="node")
+def fixture_node(host):
+    return podman_host(host.backend.get_hostname())
+
+
+@pytest.fixture(name="module")
+def fixture_module(host):
     name = host.backend.get_hostname()
+    return lambda module_name, params, check_failed=True: run_module(name, module_name, params, check_failed)
 
-    def run(module_name, params, check_failed=True):
-        # auto_silent: the only warnings left are the module's own.
-        env = dict(os.environ, ANSIBLE_LOAD_CALLBACK_PLUGINS="1", ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_PYTHON_INTERPRETER="auto_silent")
-        argv = ["ansible", "-i", os.environ["MOLECULE_INVENTORY_FILE"], name, "-m", module_name, "-a", json.dumps(params)]
-        out = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=120)
-        result = json.loads(out.stdout)["plays"][0]["tasks"][0]["hosts"][name]
-        if check_failed and result.get("failed"):
-            raise ModuleFailed(result)
-        return result
 
-    return run
+@pytest.fixture(name="probe", scope="session")
+def fixture_probe():
+    return lab_probe
+
+
+@pytest.fixture(name="node_named", scope="session")
+def fixture_node_named():
+    """node_named(NAME): the node container NAME, for tests that address several nodes by name."""
+    return podman_host

@@ -28,11 +28,10 @@ def problems(facts):
     return dict((problem["id"], problem) for problem in facts["problems"])
 
 
-def probe(node, namespace, count=3):
-    return node.check_output("lab.py probe %s 203.0.113.2 8080 --count %s --timeout 1", namespace, str(count)).splitlines()
+UPSTREAM = "203.0.113.2"
 
 
-def test_the_seeded_faults_are_reported_with_severity_and_fix(node, module, backend):
+def test_the_seeded_faults_are_reported_with_severity_and_fix(node, module, backend, probe):
     facts = nat_info(module, backend)
     found = problems(facts)
     assert sorted(found) == sorted(SEEDED)
@@ -50,7 +49,7 @@ def test_the_seeded_faults_are_reported_with_severity_and_fix(node, module, back
     assert sorted(facts["uplinks"]) == ["v-peer", "v-upstream"]
     assert facts["bridges"]["cni0"]["pod_bridge"]
     # And the fault is real: the pods reach nothing.
-    assert probe(node, "pod-a") == ["timeout"] * 3
+    assert probe(node, "pod-a", UPSTREAM, count=3, timeout=1) == ["timeout"] * 3
 
 
 def test_diagnose_playbook_prints_the_host_and_its_problems(host, backend):
@@ -69,7 +68,7 @@ def test_diagnose_playbook_prints_the_host_and_its_problems(host, backend):
     assert "%d: forwarding_off, masquerade_missing" % len(SEEDED) in rows[0]
 
 
-def test_fixed_faults_are_no_longer_reported(node, module, backend):
+def test_fixed_faults_are_no_longer_reported(node, module, backend, probe):
     module("nodenet.nat.forwarding", {"ipv4": True, "rp_filter": "loose", "bridge_nf_call_iptables": True})
     module("nodenet.nat.nat_rules", {
         "backend": backend,
@@ -83,13 +82,13 @@ def test_fixed_faults_are_no_longer_reported(node, module, backend):
     assert [(rule["name"], rule["type"], rule["source"]) for rule in facts["rules"]] == [
         ("verify-pods-egress", "masquerade", [POD_CIDR])]
     # The upstream host has no route to the pods: it answers only because the node masquerades.
-    assert probe(node, "pod-a") == ["203.0.113.1 upstream"] * 3
+    assert probe(node, "pod-a", UPSTREAM, count=3, timeout=1) == ["203.0.113.1 upstream"] * 3
 
 
-def test_conntrack_facts_follow_real_connections(node, module, backend):
+def test_conntrack_facts_follow_real_connections(node, module, backend, probe):
     before = nat_info(module, backend)["conntrack"]
     assert before["loaded"] and before["max"] == node.sysctl("net.netfilter.nf_conntrack_max")
-    assert probe(node, "pod-b", count=6) == ["203.0.113.1 upstream"] * 6
+    assert probe(node, "pod-b", UPSTREAM, count=6, timeout=1) == ["203.0.113.1 upstream"] * 6
 
     after = nat_info(module, backend, port_exhaustion_threshold=6)
     conntrack = after["conntrack"]

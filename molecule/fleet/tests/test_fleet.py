@@ -3,7 +3,6 @@ import os
 import subprocess
 
 import pytest
-import testinfra
 
 # The tests reach each node by name (no `host` fixture): each runs once, for the node it is about.
 NODE_A, NODE_B = "nodenet-fleet-a", "nodenet-fleet-b"
@@ -11,38 +10,34 @@ A_TRANSIT, A_BRIDGE, B_UPSTREAM_SIDE = "10.255.0.1", "10.244.1.1", "203.0.113.1"
 
 
 @pytest.fixture(name="node_a", scope="module")
-def fixture_node_a():
-    return testinfra.get_host("podman://" + NODE_A)
+def fixture_node_a(node_named):
+    return node_named(NODE_A)
 
 
 @pytest.fixture(name="node_b", scope="module")
-def fixture_node_b():
-    return testinfra.get_host("podman://" + NODE_B)
+def fixture_node_b(node_named):
+    return node_named(NODE_B)
 
 
-def probe(node, namespace, address, port, count=4):
-    return node.check_output("lab.py probe %s %s %s --count %s --timeout 2", namespace, address, str(port), str(count)).splitlines()
-
-
-def test_client_on_a_reaches_a_nodeport_whose_backend_lives_on_b(node_a):
+def test_client_on_a_reaches_a_nodeport_whose_backend_lives_on_b(node_a, probe):
     # Cluster policy: the client is masqueraded to A's address on the link towards B.
-    assert probe(node_a, "client", "198.51.100.1", 30080) == ["%s pod-b1" % A_TRANSIT] * 4
+    assert probe(node_a, "client", "198.51.100.1", 30080, count=4) == ["%s pod-b1" % A_TRANSIT] * 4
 
 
-def test_pod_on_b_reaches_upstream_as_node_b(node_b):
-    assert probe(node_b, "pod-b1", "203.0.113.2", 8080) == ["%s upstream" % B_UPSTREAM_SIDE] * 4
+def test_pod_on_b_reaches_upstream_as_node_b(node_b, probe):
+    assert probe(node_b, "pod-b1", "203.0.113.2", 8080, count=4) == ["%s upstream" % B_UPSTREAM_SIDE] * 4
 
 
-def test_pod_to_pod_across_nodes_keeps_the_pod_source(node_a):
+def test_pod_to_pod_across_nodes_keeps_the_pod_source(node_a, probe):
     assert probe(node_a, "pod-a1", "10.244.2.10", 8080, count=2) == ["10.244.1.10 pod-b1"] * 2
 
 
-def test_pod_on_a_reaches_itself_through_its_service(node_a):
+def test_pod_on_a_reaches_itself_through_its_service(node_a, probe):
     # hairpin role (bridge port in hairpin mode) + nodeport role (hairpin mark, masquerade)
-    assert probe(node_a, "pod-a1", A_BRIDGE, 30081) == ["%s pod-a1" % A_BRIDGE] * 4
+    assert probe(node_a, "pod-a1", A_BRIDGE, 30081, count=4) == ["%s pod-a1" % A_BRIDGE] * 4
 
 
-def test_remove_playbook_removes_everything_the_collection_owns(node_a, node_b):
+def test_remove_playbook_removes_everything_the_collection_owns(node_a, node_b, probe):
     playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "remove.yml")
     subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], playbook], check=True, stdout=subprocess.DEVNULL)
     # Packets stop: the node port no longer forwards, B no longer routes its pods out.

@@ -3,28 +3,24 @@
 PERSISTED = "/etc/sysctl.d/90-nodenet-nat.conf"
 
 
-def probe(host, namespace, address):
-    return host.check_output("lab.py probe %s %s 8080 --count 3 --timeout 2", namespace, address).splitlines()
+def test_upstream_sees_the_client_address_over_ipv4(node, probe):
+    assert probe(node, "client", "203.0.113.2", count=3) == ["10.244.1.2 upstream"] * 3
 
 
-def test_upstream_sees_the_client_address_over_ipv4(host):
-    assert probe(host, "client", "203.0.113.2") == ["10.244.1.2 upstream"] * 3
+def test_upstream_sees_the_client_address_over_ipv6(node, probe):
+    assert probe(node, "client6", "2001:db8::2", count=3) == ["fd00:10:244:1::2 upstream6"] * 3
 
 
-def test_upstream_sees_the_client_address_over_ipv6(host):
-    assert probe(host, "client6", "2001:db8::2") == ["fd00:10:244:1::2 upstream6"] * 3
+def test_runtime_keys(node):
+    assert node.sysctl("net.ipv4.ip_forward") == 1
+    assert node.sysctl("net.ipv6.conf.all.forwarding") == 1
+    assert node.sysctl("net.ipv4.conf.all.rp_filter") == 2
+    assert node.sysctl("net.ipv4.conf.default.rp_filter") == 2
+    assert node.sysctl("net.ipv4.conf.v-client.route_localnet") == 1
 
 
-def test_runtime_keys(host):
-    assert host.sysctl("net.ipv4.ip_forward") == 1
-    assert host.sysctl("net.ipv6.conf.all.forwarding") == 1
-    assert host.sysctl("net.ipv4.conf.all.rp_filter") == 2
-    assert host.sysctl("net.ipv4.conf.default.rp_filter") == 2
-    assert host.sysctl("net.ipv4.conf.v-client.route_localnet") == 1
-
-
-def test_persisted_file_holds_exactly_the_managed_keys(host):
-    persisted = host.file(PERSISTED)
+def test_persisted_file_holds_exactly_the_managed_keys(node):
+    persisted = node.file(PERSISTED)
     assert persisted.exists
     settings = dict(
         line.split("=", 1) for line in (raw.replace(" ", "") for raw in persisted.content_string.splitlines())
@@ -39,10 +35,10 @@ def test_persisted_file_holds_exactly_the_managed_keys(host):
     }
 
 
-def test_absent_restores_what_it_changed(host):
-    result = host.ansible("nodenet.nat.forwarding", "state=absent", check=False)
+def test_absent_restores_what_it_changed(node, probe, module):
+    result = module("nodenet.nat.forwarding", {"state": "absent"})
     assert result["changed"]
-    assert not host.file(PERSISTED).exists
-    assert host.sysctl("net.ipv4.ip_forward") == 0
-    assert host.sysctl("net.ipv6.conf.all.forwarding") == 0
-    assert probe(host, "client", "203.0.113.2") == ["timeout"] * 3
+    assert not node.file(PERSISTED).exists
+    assert node.sysctl("net.ipv4.ip_forward") == 0
+    assert node.sysctl("net.ipv6.conf.all.forwarding") == 0
+    assert probe(node, "client", "203.0.113.2", count=3) == ["timeout"] * 3

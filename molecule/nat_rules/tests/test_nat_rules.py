@@ -6,6 +6,7 @@ Every test runs on all nodes at once (one thread per node): a module call costs 
 nodes are independent, so the scenario's verify takes the time of one node rather than three.
 """
 import concurrent.futures
+import functools
 import json
 import os
 import re
@@ -32,11 +33,13 @@ class Node(object):
     """One node: module calls go through Ansible (host.ansible); commands through `podman exec`, since
     testinfra would otherwise wrap every command of a podman-connected host in an Ansible shell task."""
 
-    def __init__(self, ansible_host):
+    def __init__(self, ansible_host, probe):
         self.name = ansible_host.backend.host
         self.ansible = ansible_host.ansible
         self.backend_name = ansible_host.ansible.get_variables()["nodenet_nat_backend"]
         self.shell = testinfra.get_host("podman://" + self.name)
+        # probe(namespace, address, port=8080, count=1, timeout=2): the lab tool's answers, one per connection.
+        self.probe = functools.partial(probe, self.shell)
 
     def run(self, command, *args):
         return self.shell.run(command, *args)
@@ -46,12 +49,12 @@ class Node(object):
 
 
 @pytest.fixture(scope="module")
-def nodes(request):
+def nodes(request, probe):
     """Every node of the scenario's inventory (molecule passes it to pytest)."""
     option = request.config.option
     hosts = testinfra.get_hosts((option.hosts or "ansible://all").split(","), connection=option.connection,
                                 ansible_inventory=option.ansible_inventory, force_ansible=option.force_ansible)
-    return [Node(host) for host in hosts]
+    return [Node(host, probe) for host in hosts]
 
 
 def on_each(nodes, check, *args):
@@ -79,11 +82,6 @@ def converge(host):
     return nat_rules(host, state="overridden", config=CONFIG)
 
 
-def probe(host, namespace, address, port=8080, count=1, timeout=2):
-    return host.check_output("lab.py probe %s %s %s --count %s --timeout %s", namespace, address, str(port), str(count),
-                             str(timeout)).splitlines()
-
-
 def foreign_listing(host):
     if backend(host) == "nft":
         return host.check_output("nft list table ip foreign")
@@ -97,7 +95,7 @@ def assert_foreign_rule_intact(host):
     else:
         assert re.search(r"-A POSTROUTING -p tcp -m tcp --dport 8081 -m comment --comment foreign -j SNAT --to-source 203\.0\.113\.98",
                          listing), listing
-    assert probe(host, "client", "203.0.113.2", 8081) == [FOREIGN]
+    assert host.probe("client", "203.0.113.2", 8081) == [FOREIGN]
 
 
 def owned_listing(host):
@@ -119,8 +117,8 @@ def test_foreign_rule_survived_overridden(nodes):
 
 def check_egress(host):
     for pod in ("pod-a", "pod-b"):
-        assert probe(host, pod, "203.0.113.2") == ["203.0.113.1 upstream"], pod
-        assert probe(host, pod, "2001:db8::2") == ["2001:db8::1 upstream"], pod
+        assert host.probe(pod, "203.0.113.2") == ["203.0.113.1 upstream"], pod
+        assert host.probe(pod, "2001:db8::2") == ["2001:db8::1 upstream"], pod
 
 
 def test_pods_reach_upstream_masqueraded_to_the_node_address(nodes):
@@ -128,8 +126,8 @@ def test_pods_reach_upstream_masqueraded_to_the_node_address(nodes):
 
 
 def check_exemption(host):
-    assert probe(host, "pod-a", "198.51.100.2") == ["10.244.1.10 client"]
-    assert probe(host, "pod-b", "2001:db8:c::2") == ["fd00:10:244:1::11 client"]
+    assert host.probe("pod-a", "198.51.100.2") == ["10.244.1.10 client"]
+    assert host.probe("pod-b", "2001:db8:c::2") == ["fd00:10:244:1::11 client"]
 
 
 def test_marked_destinations_see_the_pod_address(nodes):
@@ -137,7 +135,7 @@ def test_marked_destinations_see_the_pod_address(nodes):
 
 
 def check_nodeport(host, node_address, client):
-    answers = probe(host, "client", node_address, 30080, count=24)
+    answers = host.probe("client", node_address, 30080, count=24)
     assert set(answers) == {"%s pod-a" % client, "%s pod-b" % client}, answers
 
 
@@ -147,8 +145,8 @@ def test_nodeport_balances_over_both_pods_and_keeps_the_client_address(nodes, no
 
 
 def check_snat(host):
-    assert probe(host, "client", "203.0.113.2") == ["203.0.113.99 upstream"]
-    assert probe(host, "client", "2001:db8::2") == ["2001:db8::99 upstream"]
+    assert host.probe("client", "203.0.113.2") == ["203.0.113.99 upstream"]
+    assert host.probe("client", "2001:db8::2") == ["2001:db8::99 upstream"]
 
 
 def test_client_traffic_to_upstream_is_snatted_to_the_chosen_address(nodes):
@@ -250,21 +248,21 @@ def check_deleted(host):
     result = nat_rules(host, state="deleted", config=[{"name": "nr-nodeport"}])
     assert result["changed"]
     assert sorted(rule["name"] for rule in result["after"]) == [name for name in NAMES if name != "nr-nodeport"]
-    for answer in probe(host, "client", "198.51.100.1", 30080, count=2, timeout=1):
+    for answer in host.probe("client", "198.51.100.1", 30080, count=2, timeout=1):
         assert answer in NO_ANSWER
-    assert probe(host, "client", "2001:db8:c::1", 30080)[0] in ("2001:db8:c::2 pod-a", "2001:db8:c::2 pod-b")
-    assert probe(host, "pod-a", "203.0.113.2") == ["203.0.113.1 upstream"]
+    assert host.probe("client", "2001:db8:c::1", 30080)[0] in ("2001:db8:c::2 pod-a", "2001:db8:c::2 pod-b")
+    assert host.probe("pod-a", "203.0.113.2") == ["203.0.113.1 upstream"]
     assert_foreign_rule_intact(host)
     # with an empty config, every owned rule goes; the foreign rule stays
     result = nat_rules(host, state="deleted")
     assert result["changed"] and result["after"] == []
     listing = owned_listing(host)
     assert "nodenet_nat" not in listing and "NODENET" not in listing
-    assert probe(host, "pod-a", "203.0.113.2", timeout=1) == ["timeout"]
+    assert host.probe("pod-a", "203.0.113.2", timeout=1) == ["timeout"]
     assert_foreign_rule_intact(host)
     # back to the converged state, so verify can run again
     assert converge(host)["changed"]
-    assert len(set(probe(host, "client", "198.51.100.1", 30080, count=12))) == 2
+    assert len(set(host.probe("client", "198.51.100.1", 30080, count=12))) == 2
 
 
 def test_deleted_removes_only_what_it_names_and_never_the_foreign_rule(nodes):
