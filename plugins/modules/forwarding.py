@@ -20,8 +20,8 @@ description:
   - When the module first persists a key, the file's header records the key's runtime value from before.
     O(state=absent) writes those recorded values back and removes the file and its modules-load.d companion.
   - Works in a privileged container with its own network namespace (the C(net.*) keys it manages are per namespace).
-    C(net.bridge.*) exists only while the C(br_netfilter) kernel module is loaded; the module runs C(modprobe) only
-    when C(/sys/module/br_netfilter) is missing, which inside a container fails (load it on the host).
+    C(net.bridge.*) exists only while C(br_netfilter) is loaded or built into the kernel; the module runs C(modprobe) only
+    when neither C(/sys/module/br_netfilter) nor C(/proc/sys/net/bridge) exists, which inside a container fails (load it on the host).
 author:
   - nodenet.nat maintainers (@nodenet)
 options:
@@ -49,7 +49,8 @@ options:
   bridge_nf_call_iptables:
     description:
       - Pass bridged traffic through iptables/nftables (C(net.bridge.bridge-nf-call-iptables) and C(net.bridge.bridge-nf-call-ip6tables)).
-      - V(true) loads C(br_netfilter) with C(modprobe br_netfilter) if C(/sys/module/br_netfilter) is absent and, with O(persist),
+      - V(true) loads C(br_netfilter) with C(modprobe br_netfilter) unless it is loaded or built in (C(/sys/module/br_netfilter) or
+        C(/proc/sys/net/bridge) exists) and, with O(persist),
         lists the module in the modules-load.d companion file so that it is loaded at boot.
       - V(false) writes 0 when C(br_netfilter) is loaded; when it is not, bridged traffic already skips netfilter and only the
         persisted file and the companion file are updated.
