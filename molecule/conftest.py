@@ -47,12 +47,12 @@ def lab_probe(node, namespace, address, port=8080, count=1, timeout=2, udp=False
     return node.check_output(command, namespace, address, str(port), str(count), str(timeout)).splitlines()
 
 
-@pytest.fixture(name="node")
+@pytest.fixture(name="node", scope="module")
 def fixture_node(host):
     return podman_host(host.backend.get_hostname())
 
 
-@pytest.fixture(name="module")
+@pytest.fixture(name="module", scope="module")
 def fixture_module(host):
     name = host.backend.get_hostname()
     return lambda module_name, params, check_failed=True: run_module(name, module_name, params, check_failed)

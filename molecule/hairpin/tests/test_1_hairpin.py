@@ -12,8 +12,8 @@ def test_other_pod_reaches_it_through_the_service(probes):
     assert probes[("pod-b",) + SERVICE] == ["10.244.1.1 pod-a"] * 2
 
 
-def test_ports_are_in_hairpin_mode_and_bridged_traffic_passes_netfilter(host):
-    flags = host.check_output(
+def test_ports_are_in_hairpin_mode_and_bridged_traffic_passes_netfilter(node):
+    flags = node.check_output(
         "cat /sys/class/net/br0/brif/v-pod-a/hairpin_mode /sys/class/net/br0/brif/v-pod-b/hairpin_mode"
         " /proc/sys/net/bridge/bridge-nf-call-iptables /proc/sys/net/bridge/bridge-nf-call-ip6tables")
     assert flags.split() == ["1", "1", "1", "1"]

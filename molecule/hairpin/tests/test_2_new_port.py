@@ -1,22 +1,21 @@
 """Ports that join later: the unit's ExecStart command (what systemd would run) gives a new pod hairpin mode."""
-import json
 import re
 
 UNIT = "/etc/systemd/system/nodenet-hairpin@.service"
 
 
-def test_new_pod_gets_hairpin_and_reaches_itself(host):
-    exec_start = re.search(r"^ExecStart=(.*)$", host.file(UNIT).content_string, re.MULTILINE).group(1)
+def test_new_pod_gets_hairpin_and_reaches_itself(host, node, module):
+    exec_start = re.search(r"^ExecStart=(.*)$", node.file(UNIT).content_string, re.MULTILINE).group(1)
     command = exec_start.replace("%i", "br0")
     assert command == "/usr/local/sbin/nodenet-hairpin watch br0"
     backend = host.ansible.get_variables()["nodenet_nat_backend"]
-    service = host.ansible("nodenet.nat.nat_rules", json.dumps(dict(
+    service = module("nodenet.nat.nat_rules", dict(
         backend=backend, state="merged", scope="test-service-",
         config=[dict(name="test-service-new", type="dnat", chain="prerouting", destination=["10.96.0.11"],
-                     protocol="tcp", destination_ports=[80], to_destination=["10.244.1.4:8080"])])), check=False)
+                     protocol="tcp", destination_ports=[80], to_destination=["10.244.1.4:8080"])]))
     assert service["changed"]
     # The watcher runs in the background (no systemd in the lab container), then pod c joins the bridge.
-    output = host.check_output("bash -c %s", "; ".join([
+    output = node.check_output("bash -c %s", "; ".join([
         "setsid -f %s </dev/null >/dev/null 2>&1" % command,
         "sleep 1",
         "lab.py pod pod-c br0 10.244.1.4/24 10.244.1.1",
