@@ -112,14 +112,11 @@ notes:
   - Run one conntrack task per host - the owned files hold exactly what the last task managed.
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - nodenet.nat.node_changes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: full
     details: Shows the kernel values that change, and each owned file that changes.
-  platform:
-    platforms: [linux]
 """
 
 EXAMPLES = r"""

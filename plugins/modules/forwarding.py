@@ -104,14 +104,11 @@ notes:
     C(net.ipv6.conf.all.forwarding) first, then by name, because writing those resets the per-interface forwarding keys.
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - nodenet.nat.node_changes
 attributes:
-  check_mode:
-    support: full
   diff_mode:
     support: full
     details: Shows the managed keys before and after, and each persisted file that changes.
-  platform:
-    platforms: [linux]
 """
 
 EXAMPLES = r"""

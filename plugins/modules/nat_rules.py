@@ -215,13 +215,7 @@ seealso:
   - module: nodenet.nat.forwarding
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
-attributes:
-  check_mode:
-    support: full
-  diff_mode:
-    support: full
-  platform:
-    platforms: [linux]
+  - nodenet.nat.node_changes
 """
 
 EXAMPLES = r"""

@@ -2,8 +2,6 @@
 import os
 import subprocess
 
-import pytest
-
 CLIENT, CLIENT2 = "198.51.100.2", "192.0.2.2"
 NODE_ADDRESSES = {"client": "198.51.100.1", "client2": "192.0.2.1"}
 BRIDGE = "10.244.1.1"  # the node's address towards the pods: what a masqueraded connection comes from
