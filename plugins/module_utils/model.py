@@ -145,6 +145,13 @@ def _family_of(address_or_network):
     return "ipv4" if address_or_network.version == 4 else "ipv6"
 
 
+def address_families(rule):
+    """The families of every address in ``rule`` (a parsed rule must hold only its own)."""
+    addresses = list(rule.source) + list(rule.destination) + list(rule.to_source or ())
+    addresses += [endpoint.address for endpoint in rule.to_destination]
+    return set(_family_of(address) for address in addresses)
+
+
 def normalize_networks(networks):
     """Sorted, collapsed tuple of networks of one IP version (what backends must produce too)."""
     return tuple(ipaddress.collapse_addresses(networks))

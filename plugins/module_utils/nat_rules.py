@@ -251,6 +251,9 @@ class NatRulesRun(object):
             raise NatRulesError("running_config: is required with state parsed")
         host = backend.parse({running_config_family(running_config): running_config})
         result["parsed"] = _as_params(host.rules)
+        drift = host_drift(host)
+        if drift:
+            result["drift"] = drift
         return result
 
     def _online(self, state, config):

@@ -383,6 +383,7 @@ drift:
   description:
     - Differences between the owned objects on the host and what the module writes although the rules compare equal
       (hand edits in owned chains, a missing or duplicated jump rule). Their presence makes the task rewrite the owned objects.
+    - With O(state=parsed), the owned lines of O(running_config) that could not be read as rules.
   returned: when found
   type: list
   elements: str

@@ -26,7 +26,8 @@ import itertools
 import shlex
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState, NatBackend, Transaction
-from ansible_collections.nodenet.nat.plugins.module_utils.model import CHAINS, FAMILIES, Endpoint, Mark, PortRange, RuleError, make_rule
+from ansible_collections.nodenet.nat.plugins.module_utils.model import (
+    CHAINS, FAMILIES, Endpoint, Mark, PortRange, RuleError, address_families, make_rule)
 
 CHAIN_PREFIX = "NODENET-"
 JUMP_COMMENT = "nodenet-nat"
@@ -345,7 +346,10 @@ def _parse_line(family, hook, tokens):
         negate = False
     if fields["name"] is None or fields["type"] is None:
         raise _Unparsable("no rule comment or no target")
-    return _Line(make_rule(**fields), probability)
+    rule = make_rule(**fields)
+    if address_families(rule) - set([family]):
+        raise _Unparsable("an address of another family than %s" % family)
+    return _Line(rule, probability)
 
 
 def _port_range(text, separator):

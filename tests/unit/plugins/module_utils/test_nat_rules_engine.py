@@ -431,3 +431,18 @@ def test_a_rule_outside_the_scope_fails_before_anything_runs():
     with pytest.raises(NatRulesError, match=r"config\[0\] \(name=a-egress\): name: 'a-egress' does not start with the scope 'b-'"):
         _run(host, "overridden", [TEAM_A], scope="b-")
     assert host.calls == []
+
+
+def test_parsed_reports_owned_lines_it_cannot_read():
+    saved = "\n".join([
+        "*nat",
+        ":POSTROUTING ACCEPT [0:0]",
+        ":NODENET-POSTROUTING - [0:0]",
+        "-A POSTROUTING -m comment --comment nodenet-nat -j NODENET-POSTROUTING",
+        "-A NODENET-POSTROUTING -s fd00:10:244::/56 -m comment --comment egress6 -j MASQUERADE",
+        "COMMIT",
+    ]) + "\n"
+    result = _offline("parsed", "iptables", running_config=saved)
+    assert result["parsed"] == []
+    assert any("cannot read" in line and "fd00:10:244::/56" in line and "another family than ipv4" in line
+               for line in result["drift"])
