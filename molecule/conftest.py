@@ -67,3 +67,9 @@ def fixture_probe():
 def fixture_node_named():
     """node_named(NAME): the node container NAME, for tests that address several nodes by name."""
     return podman_host
+
+
+@pytest.fixture(name="module_named", scope="session")
+def fixture_module_named():
+    """module_named(NAME, MODULE, PARAMS): ``module`` for the node NAME."""
+    return run_module

@@ -195,6 +195,8 @@ class ConntrackTuner(object):
 
     def run(self):
         """The module result; raises ConntrackError (with the partial result) on failure."""
+        if self.params.get("state", "present") == "absent":
+            return self._remove_files()
         try:
             validate_params(self.params)
             cpus = online_cpus(self.root) if self.params.get("max_per_core") is not None else None
@@ -216,6 +218,15 @@ class ConntrackTuner(object):
             skipped = set(entry["key"] for entry in self.result["skipped_keys"])
             kept = [setting for setting in settings if setting.name not in skipped]
             self._persist(render_files(kept, after, self.sysctl_file))
+        if self.diff:
+            self.result["diff"] = self.diff
+        return self.result
+
+    def _remove_files(self):
+        # The kernel has no record of the values before the collection's; they stay until reboot.
+        files = dict((path, None) for path in render_files([], {}, self.sysctl_file))
+        self._check_writable(files)
+        self._persist(files)
         if self.diff:
             self.result["diff"] = self.diff
         return self.result

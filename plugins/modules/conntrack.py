@@ -108,6 +108,15 @@ options:
       - A companion with nothing to hold (no managed hash size) is removed.
     type: path
     default: /etc/sysctl.d/90-nodenet-nat-conntrack.conf
+  state:
+    description:
+      - V(present) applies and persists the options.
+      - V(absent) removes the three owned files and ignores the other options but O(sysctl_file). The running kernel
+        keeps its current values (it holds no record of earlier ones) until the next boot, which then starts from the
+        kernel defaults or other files.
+    type: str
+    choices: [present, absent]
+    default: present
 notes:
   - Run one conntrack task per host - the owned files hold exactly what the last task managed.
 extends_documentation_fragment:
@@ -143,12 +152,17 @@ EXAMPLES = r"""
     timeouts:
       tcp_time_wait: 30
     on_readonly: skip
+
+- name: Stop persisting the tuning (the values in effect stay until reboot)
+  nodenet.nat.conntrack:
+    state: absent
 """
 
 RETURN = r"""
 settings:
   description:
     - Each managed value (sysctl key, or the hash size under its C(/sys) path) and its value before and after.
+    - Empty with O(state=absent).
     - V(before) is V(null) in check mode when C(nf_conntrack) is not loaded yet. In check mode V(after) is the value
       the module would set.
   returned: always
@@ -224,6 +238,7 @@ def main():
             on_readonly=dict(type="str", choices=["fail", "warn", "skip"], default="warn"),
             persist=dict(type="bool", default=True),
             sysctl_file=dict(type="path", default="/etc/sysctl.d/90-nodenet-nat-conntrack.conf"),
+            state=dict(type="str", choices=["present", "absent"], default="present"),
         ),
         mutually_exclusive=[("max", "max_per_core")],
         required_by=dict(min="max_per_core"),

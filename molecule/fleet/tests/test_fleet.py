@@ -7,6 +7,7 @@ import pytest
 # The tests reach each node by name (no `host` fixture): each runs once, for the node it is about.
 NODE_A, NODE_B = "nodenet-fleet-a", "nodenet-fleet-b"
 A_TRANSIT, A_BRIDGE, B_UPSTREAM_SIDE = "10.255.0.1", "10.244.1.1", "203.0.113.1"
+CONNTRACK_SYSCTL_FILE = "/etc/sysctl.d/90-nodenet-nat-conntrack.conf"
 
 
 @pytest.fixture(name="node_a", scope="module")
@@ -37,7 +38,10 @@ def test_pod_on_a_reaches_itself_through_its_service(node_a, probe):
     assert probe(node_a, "pod-a1", A_BRIDGE, 30081, count=4) == ["%s pod-a1" % A_BRIDGE] * 4
 
 
-def test_remove_playbook_removes_everything_the_collection_owns(node_a, node_b, probe):
+def test_remove_playbook_removes_everything_the_collection_owns(node_a, node_b, probe, module_named):
+    # site.yml does not tune conntrack; tune B so that remove.yml has its owned files to remove.
+    module_named(NODE_B, "nodenet.nat.conntrack", {"timeouts": {"tcp_time_wait": 60}})
+    assert node_b.file(CONNTRACK_SYSCTL_FILE).exists
     playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "remove.yml")
     subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], playbook], check=True, stdout=subprocess.DEVNULL)
     # Packets stop: the node port no longer forwards, B no longer routes its pods out.
@@ -50,3 +54,4 @@ def test_remove_playbook_removes_everything_the_collection_owns(node_a, node_b, 
     for node in (node_a, node_b):
         assert node.sysctl("net.ipv4.ip_forward") == 0
         assert not node.file("/etc/sysctl.d/90-nodenet-nat.conf").exists
+    assert not node_b.file(CONNTRACK_SYSCTL_FILE).exists

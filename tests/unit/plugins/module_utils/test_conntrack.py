@@ -172,6 +172,26 @@ def test_companion_without_content_is_removed(root):
     assert "nf_conntrack_max" not in text(root, SYSCTL_FILE)
 
 
+
+def test_absent_removes_the_owned_files_and_leaves_the_kernel_values(root):
+    tune(root, dict(max=1048576, timeouts=dict(tcp_time_wait=30)))
+    owned = [MODPROBE_FILE, MODULES_LOAD_FILE, SYSCTL_FILE]
+    assert all(text(root, path) is not None for path in owned)
+
+    predicted = tune(root, dict(state="absent"), check_mode=True)
+    assert predicted["changed"] is True
+    assert [entry["after"] for entry in predicted["diff"]] == ["", "", ""]
+    assert all(text(root, path) is not None for path in owned)
+
+    removed = tune(root, dict(state="absent", max=1))
+    assert removed["changed"] is True
+    assert removed["files"] == dict((path, "removed") for path in owned)
+    assert all(text(root, path) is None for path in owned)
+    assert removed["settings"] == {} and value(root, MAX) == 1048576
+
+    again = tune(root, dict(state="absent"))
+    assert again["changed"] is False and set(again["files"].values()) == {"absent"}
+
 def test_check_mode_predicts_and_changes_nothing(root):
     result = tune(root, dict(max=1048576, timeouts=dict(tcp_time_wait=30)), check_mode=True)
     assert result["changed"] is True
