@@ -172,7 +172,6 @@ def test_companion_without_content_is_removed(root):
     assert "nf_conntrack_max" not in text(root, SYSCTL_FILE)
 
 
-
 def test_absent_removes_the_owned_files_and_leaves_the_kernel_values(root):
     tune(root, dict(max=1048576, timeouts=dict(tcp_time_wait=30)))
     owned = [MODPROBE_FILE, MODULES_LOAD_FILE, SYSCTL_FILE]
@@ -191,6 +190,7 @@ def test_absent_removes_the_owned_files_and_leaves_the_kernel_values(root):
 
     again = tune(root, dict(state="absent"))
     assert again["changed"] is False and set(again["files"].values()) == {"absent"}
+
 
 def test_check_mode_predicts_and_changes_nothing(root):
     result = tune(root, dict(max=1048576, timeouts=dict(tcp_time_wait=30)), check_mode=True)

@@ -271,6 +271,7 @@ def test_persist_in_check_mode_writes_nothing(tmp_path):
 
 # -- offline states ---------------------------------------------------------------------------
 
+
 def _fail_on_call(argv, data=None):
     raise AssertionError("offline state ran %s" % argv)
 
@@ -316,6 +317,7 @@ def test_parsed_round_trips_a_rendered_iptables_ruleset():
     script = offline_backend("iptables").render(rules, HostState([], {}))[0].text
     saved = script.replace("-I POSTROUTING 1 ", "-A POSTROUTING ")
     assert _offline("parsed", "iptables", running_config=saved)["parsed"] == [rule_to_params(rule) for rule in rules]
+
 
 def test_parsed_reports_owned_lines_it_cannot_read():
     # Without the ip6tables-save header the listing reads as IPv4, where the IPv6 rule has no place.
