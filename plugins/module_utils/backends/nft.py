@@ -38,7 +38,7 @@ import re
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState, NatBackend, Transaction
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
-    CHAINS, FAMILIES, PROTOCOLS, Endpoint, Mark, PortRange, make_rule,
+    CHAINS, FAMILIES, PROTOCOLS, Endpoint, Mark, PortRange, RuleError, make_rule,
     normalize_ct_states, normalize_networks, normalize_port_ranges,
 )
 
@@ -61,7 +61,7 @@ _UNSAFE_CHAIN_CHARACTERS = re.compile(r"[^A-Za-z0-9_./-]")
 
 def _quote(text):
     if '"' in text or "\\" in text or "\n" in text:
-        raise ValueError("nft: %r cannot be written as a quoted nft string" % (text,))
+        raise RuleError("nft: %r cannot be written as a quoted nft string" % (text,))
     return '"%s"' % text
 
 
@@ -115,7 +115,7 @@ def _match_texts(rule):
     statuses = [state for state in rule.ct_state if state in _CT_STATUSES]
     if states and statuses:
         # nft matches conntrack states and status bits with two expressions, which would AND them.
-        raise ValueError("rule %s: ct_state: %r mixes conntrack states (%s) with NAT status (%s); the nft backend "
+        raise RuleError("rule %s: ct_state: %r mixes conntrack states (%s) with NAT status (%s); the nft backend "
                          "cannot match either one in a single rule: write one rule for each"
                          % (rule.name, list(rule.ct_state), ", ".join(states), ", ".join(statuses)))
     if states:
@@ -547,7 +547,7 @@ class NftBackend(NatBackend):
         """One Transaction per family that has rules or whose table exists (see NatBackend.render)."""
         duplicates = sorted(name for name, count in collections.Counter(rule.name for rule in rules).items() if count > 1)
         if duplicates:
-            raise ValueError("nft: rule names must be unique; repeated: %s" % ", ".join(duplicates))
+            raise RuleError("nft: rule names must be unique; repeated: %s" % ", ".join(duplicates))
         transactions = []
         for family in FAMILIES:
             family_rules = [rule for rule in rules if rule.family == family]

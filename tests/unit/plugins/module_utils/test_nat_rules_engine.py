@@ -305,6 +305,13 @@ IP6TABLES_SAVE_EGRESS6 = "\n".join([
 ]) + "\n"
 
 
+
+def test_a_rule_the_backend_cannot_write_fails_cleanly():
+    # Valid for the model, but nft cannot match conntrack states and NAT status in one rule.
+    mixed = dict(name="mixed", type="masquerade", ct_state=["new", "dnat"])
+    with pytest.raises(NatRulesError, match=r"rule mixed: ct_state: \['dnat', 'new'\] mixes conntrack states"):
+        _offline("rendered", "nft", config=[mixed])
+
 @pytest.mark.parametrize("backend", ["iptables", "iptables-legacy"])
 def test_parsed_reads_ip6tables_save_output_as_ipv6(backend):
     result = _offline("parsed", backend, running_config=IP6TABLES_SAVE_EGRESS6)
