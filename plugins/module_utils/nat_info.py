@@ -15,7 +15,7 @@ import ipaddress
 import os
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import (
-    BackendUnavailable, mixed_backends, select_backend,
+    BackendUnavailable, mixed_backends, select_backend, xtables_listings,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.forwarding import BRIDGE_KEYS, IPV4_FORWARD, IPV6_FORWARD, conf_key
 from ansible_collections.nodenet.nat.plugins.module_utils.model import rule_to_params
@@ -276,14 +276,15 @@ def read_kernel_log(run_command, which):
 def read_ruleset(requested, run_command, which, node):
     """Backend facts; sets ``node.rules`` to the owned rules (NatRule) when they can be read."""
     facts = dict(name=None, reason=None)
+    listings = xtables_listings(which, run_command)
     try:
-        backend, facts["reason"] = select_backend(requested, run_command, which)
+        backend, facts["reason"] = select_backend(requested, run_command, which, listings)
         facts["name"] = backend.name
         node.rules = read_host(backend, run_command).rules
     except (BackendUnavailable, NatRulesError) as exc:
         node.unreadable["rules"] = str(exc)
         facts["error"] = str(exc)
-    facts.update(mixed_backends(run_command, which))
+    facts.update(mixed_backends(listings))
     return facts
 
 

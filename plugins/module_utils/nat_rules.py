@@ -13,7 +13,7 @@ import re
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import BackendUnavailable, select_backend
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import IptablesBackend
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import VARIANT_OF_BACKEND, IptablesBackend
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import MISSING_TABLE_ERROR, NftBackend
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     CHAINS, FAMILIES, RuleError, rule_from_params, rule_names, rule_to_params, rules_from_config,
@@ -163,7 +163,7 @@ def offline_backend(name):
     """The backend called ``name`` without looking at the host (states rendered and parsed)."""
     if name == "nft":
         return NftBackend()
-    return IptablesBackend("legacy" if name == "iptables-legacy" else "nft")
+    return IptablesBackend(VARIANT_OF_BACKEND[name])
 
 
 def running_config_family(text):

@@ -16,14 +16,14 @@ __metaclass__ = type
 import collections
 import re
 
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import CHAIN_PREFIX, IptablesBackend
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import (
+    CHAIN_PREFIX, TOOL_PREFIXES, VARIANT_OF_BACKEND, VARIANTS, IptablesBackend,
+)
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import TABLE as NFT_TABLE, NftBackend
 
 BACKEND_CHOICES = ("auto", "nft", "iptables", "iptables-legacy")
 # Chains kubelet (1.17+) creates in the mangle table of the iptables front end it uses.
 KUBELET_HINT_CHAINS = ("KUBE-IPTABLES-HINT", "KUBE-KUBELET-CANARY")
-# iptables variant -> backend name
-VARIANT_NAMES = {"nft": "iptables", "legacy": "iptables-legacy"}
 _VERSION_VARIANT = re.compile(r"\((nf_tables|legacy)\)")
 
 
@@ -43,7 +43,7 @@ def _save_commands(variant, which, run_command):
     (iptables before 1.8 prints no variant and is always legacy).
     """
     paths = {}
-    for family, prefix in (("ipv4", "iptables"), ("ipv6", "ip6tables")):
+    for family, prefix in TOOL_PREFIXES.items():
         tools = []
         for tool in ("save", "restore"):
             path = which("%s-%s-%s" % (prefix, variant, tool)) or _plain_binary("%s-%s" % (prefix, tool), variant, which, run_command)
@@ -93,24 +93,27 @@ def _nft_owned(nft, run_command):
     return rc == 0 and any(line.split()[-1:] == [NFT_TABLE] for line in out.splitlines())
 
 
-def _listings(which, run_command):
+def xtables_listings(which, run_command):
+    """{variant: _XtablesListing} of both iptables variants (every table, both families)."""
     return dict((variant, _XtablesListing(variant, _save_commands(variant, which, run_command), run_command))
-                for variant in ("nft", "legacy"))
+                for variant in VARIANTS)
 
 
-def mixed_backends(run_command, which):
-    """Rule counts of legacy and nft iptables; ``mixed`` is true when both hold rules.
+def mixed_backends(listings):
+    """Rule counts of legacy and nft iptables in ``listings`` (xtables_listings); ``mixed`` is true when both hold rules.
 
     Two front ends holding rules at once is a classic cause of "the rule is there but
     does nothing": each tool lists only its own.
     """
-    listings = _listings(which, run_command)
     legacy, nft = listings["legacy"].rule_count, listings["nft"].rule_count
     return {"legacy_rules": legacy, "nft_rules": nft, "mixed": legacy > 0 and nft > 0}
 
 
-def select_backend(requested, run_command, which):
-    """(NatBackend, reason) for ``requested`` (one of BACKEND_CHOICES); raises BackendUnavailable."""
+def select_backend(requested, run_command, which, listings=None):
+    """(NatBackend, reason) for ``requested`` (one of BACKEND_CHOICES); raises BackendUnavailable.
+
+    ``auto`` reads both iptables variants; a caller that already has their ``listings`` passes them.
+    """
     if requested not in BACKEND_CHOICES:
         raise BackendUnavailable("backend: %r is not one of %s" % (requested, ", ".join(BACKEND_CHOICES)))
     nft = which("nft")
@@ -118,14 +121,14 @@ def select_backend(requested, run_command, which):
         if nft is None:
             raise BackendUnavailable("backend: nft was requested but the nft binary is not installed")
         return NftBackend(), "requested"
-    listings = _listings(which, run_command)
     if requested != "auto":
-        listing = listings["nft" if requested == "iptables" else "legacy"]
-        if listing.binaries is None:
+        variant = VARIANT_OF_BACKEND[requested]
+        binaries = _save_commands(variant, which, run_command)
+        if binaries is None:
             raise BackendUnavailable("backend: %s was requested but its save/restore binaries (iptables and ip6tables) are not installed"
                                      % requested)
-        return listing.backend(), "requested"
-    return _auto(listings, nft, run_command)
+        return IptablesBackend(variant, binaries=binaries), "requested"
+    return _auto(listings or xtables_listings(which, run_command), nft, run_command)
 
 
 def _auto(listings, nft, run_command):
@@ -133,7 +136,7 @@ def _auto(listings, nft, run_command):
     counts = "legacy iptables holds %d rules, iptables-nft %d" % (legacy.rule_count, xnft.rule_count)
     nft_choice = _Choice("nft", nft is not None, nft is not None and _nft_owned(nft, run_command), NftBackend,
                          "table %s" % NFT_TABLE)
-    legacy_choice, xnft_choice = [_Choice(VARIANT_NAMES[listing.variant], listing.binaries is not None, listing.owned,
+    legacy_choice, xnft_choice = [_Choice(VARIANTS[listing.variant], listing.binaries is not None, listing.owned,
                                           listing.backend, "%s* chains" % CHAIN_PREFIX) for listing in (legacy, xnft)]
     # Choices in order of preference, each with its reason.
     preferred = []

@@ -34,6 +34,9 @@ JUMP_COMMENT = "nodenet-nat"
 BUILTIN_CHAINS = dict((hook, hook.upper()) for hook in CHAINS)
 OWNED_CHAINS = dict((hook, CHAIN_PREFIX + builtin) for hook, builtin in BUILTIN_CHAINS.items())
 VARIANTS = {"nft": "iptables", "legacy": "iptables-legacy"}
+VARIANT_OF_BACKEND = dict((name, variant) for variant, name in VARIANTS.items())
+# Family -> the prefix of its tools (iptables-nft-save, ip6tables-legacy-restore, ...).
+TOOL_PREFIXES = {"ipv4": "iptables", "ipv6": "ip6tables"}
 MULTIPORT_SLOTS = 15        # xt_multiport: a range takes two slots
 PROBABILITY_TOLERANCE = 1e-6  # the kernel keeps probability as a 31-bit fraction
 TARGETS = {"masquerade": "MASQUERADE", "snat": "SNAT", "dnat": "DNAT", "mark": "MARK", "return": "RETURN"}
@@ -67,7 +70,7 @@ class IptablesBackend(NatBackend):
         self.name = VARIANTS[variant]
         self.binaries = binaries or dict(
             (family, ("%s-%s-save" % (prefix, variant), "%s-%s-restore" % (prefix, variant)))
-            for family, prefix in (("ipv4", "iptables"), ("ipv6", "ip6tables")))
+            for family, prefix in TOOL_PREFIXES.items())
 
     def list_commands(self):
         return [(family, [self.binaries[family][0], "-t", "nat"]) for family in FAMILIES]

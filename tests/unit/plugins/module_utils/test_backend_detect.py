@@ -3,7 +3,9 @@ import os
 
 import pytest
 
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import BackendUnavailable, mixed_backends, select_backend
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import (
+    BackendUnavailable, mixed_backends, select_backend, xtables_listings,
+)
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import IptablesBackend
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import NftBackend
 
@@ -162,5 +164,6 @@ def test_unusable_backend_fails_with_a_clear_message(requested, binaries, messag
 
 def test_mixed_backends_counts_rules_of_both_front_ends():
     host = FakeHost(DEBIAN, {"iptables-legacy-save": fixture("docker-legacy.all.save"), "iptables-nft-save": fixture("kube-nft.all.save")})
-    assert mixed_backends(host.run_command, host.which) == {"legacy_rules": 6, "nft_rules": 4, "mixed": True}
-    assert mixed_backends(FakeHost(DEBIAN).run_command, FakeHost(DEBIAN).which) == {"legacy_rules": 0, "nft_rules": 0, "mixed": False}
+    assert mixed_backends(xtables_listings(host.which, host.run_command)) == {"legacy_rules": 6, "nft_rules": 4, "mixed": True}
+    clean = FakeHost(DEBIAN)
+    assert mixed_backends(xtables_listings(clean.which, clean.run_command)) == {"legacy_rules": 0, "nft_rules": 0, "mixed": False}
