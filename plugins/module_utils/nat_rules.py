@@ -14,7 +14,7 @@ import re
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import BackendUnavailable, select_backend
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import VARIANT_OF_BACKEND, IptablesBackend
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import MISSING_TABLE_ERROR, NftBackend
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import NftBackend
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     CHAINS, FAMILIES, RuleError, rule_from_params, rule_names, rule_to_params, rules_from_config,
 )
@@ -147,16 +147,15 @@ def read_host(backend, run_command):
     outputs = {}
     for family, argv in backend.list_commands():
         rc, out, err = run_command(list(argv))
-        if rc != 0 and not (backend.name == "nft" and MISSING_TABLE_ERROR in err):
+        if rc != 0 and not backend.listing_absent(err):
             raise NatRulesError("reading the %s ruleset failed (rc=%s) running %s: %s" % (family, rc, " ".join(argv), err.strip()))
-        # nft fails listing a table that does not exist; the backend reads None as "no table".
         outputs[family] = out if rc == 0 else None
     return backend.parse(outputs)
 
 
 def host_drift(host):
     """What the backend would rewrite although the rules compare equal (hand edits, missing jumps)."""
-    return list(host.facts.get("drift", [])) + list(host.facts.get("unrecognized", []))
+    return list(host.facts.get("unrecognized", []))
 
 
 def offline_backend(name):

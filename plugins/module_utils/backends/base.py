@@ -29,8 +29,15 @@ class NatBackend(object):
         """[(family, argv)]: commands whose stdout ``parse`` reads (read-only)."""
         raise NotImplementedError
 
+    def listing_absent(self, err):
+        """Whether a failed list command means "nothing owned here" rather than an error."""
+        return False
+
     def parse(self, outputs):
-        """HostState from {family: stdout of the list command}; foreign objects are ignored."""
+        """HostState from {family: stdout of the list command, or None when listing_absent}.
+
+        Foreign objects are ignored.
+        """
         raise NotImplementedError
 
     def render(self, rules, current):

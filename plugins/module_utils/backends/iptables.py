@@ -106,18 +106,19 @@ def _render_family(family, rules, facts):
     # Declaring a chain under --noflush creates it or flushes it (both variants); stale chains are
     # flushed too so that -X succeeds even when they reference each other.
     script = ["*nat"] + [":%s - [0:0]" % chain for chain in used_chains + stale_chains]
+    kept_jumps = set()
     for builtin, specs in sorted(facts["jumps"].items()):
         hook = builtin.lower()
         keep = _jump_tokens(hook) if hook in used_hooks else None
         for spec in specs:
-            if keep is not None and shlex.split(spec) == keep:
-                keep = None     # the first correct jump stays where it is
+            if builtin not in kept_jumps and shlex.split(spec) == keep:
+                kept_jumps.add(builtin)     # the first correct jump stays where it is
             else:
                 script.append("-D %s %s" % (builtin, spec))
     script.extend("-X %s" % chain for chain in stale_chains)
     for hook in used_hooks:
         builtin = BUILTIN_CHAINS[hook]
-        if not any(shlex.split(spec) == _jump_tokens(hook) for spec in facts["jumps"].get(builtin, [])):
+        if builtin not in kept_jumps:
             script.append("-I %s 1 %s" % (builtin, " ".join(_jump_tokens(hook))))
     for rule in rules:
         script.extend("-A %s %s" % (OWNED_CHAINS[rule.chain], _format_line(line)) for line in _rule_lines(rule))

@@ -521,11 +521,14 @@ class NftBackend(NatBackend):
         """[(family, argv)]: ``nft -j list table <ip|ip6> nodenet_nat`` (the owned tables only)."""
         return [(family, ["nft", "-j", "list", "table", NFT_FAMILIES[family], TABLE]) for family in FAMILIES]
 
+    def listing_absent(self, err):
+        # Listing a table that does not exist fails.
+        return MISSING_TABLE_ERROR in err
+
     def parse(self, outputs):
         """HostState from {family: stdout of its list command, or None}.
 
-        The caller passes None (or "") for a family whose table does not exist: nft then exits
-        with rc 1 and MISSING_TABLE_ERROR on stderr; any other failure is the caller's error.
+        The caller passes None (or "") for a family whose table does not exist (``listing_absent``).
         ``rules`` come ordered by family (FAMILIES), then base chain (CHAINS), then position, so
         compare them with the desired rules sorted stably by (family, chain).
         ``facts['tables']`` is the set of families whose table exists; ``facts['unrecognized']``

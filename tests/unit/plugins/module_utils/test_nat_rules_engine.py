@@ -215,7 +215,7 @@ def test_deleted_everything_leaves_nothing_owned():
 def test_drift_is_reported_and_rewritten_although_rules_are_equal():
     class DriftingBackend(FakeBackend):
         def parse(self, outputs):
-            return HostState(super(DriftingBackend, self).parse(outputs).rules, {"drift": ["ipv4 NODENET-POSTROUTING: hand edit"]})
+            return HostState(super(DriftingBackend, self).parse(outputs).rules, {"unrecognized": ["ipv4 NODENET-POSTROUTING: hand edit"]})
 
     host = FakeHost(EGRESS)
     result = _run(host, "merged", [EGRESS], backend=DriftingBackend())
