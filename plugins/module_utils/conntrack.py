@@ -21,8 +21,7 @@ import errno
 import os
 
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import (
-    SysctlError, host_path, key_path, load_kernel_module, read_text, remove_file, render_sysctl_conf,
-    file_problem, write_file_atomic,
+    SysctlError, file_problem, host_path, key_path, load_kernel_module, read_text, render_sysctl_conf, write_or_remove,
 )
 
 CONNTRACK_KERNEL_MODULE = "nf_conntrack"
@@ -313,10 +312,7 @@ class ConntrackTuner(object):
             if self.check_mode:
                 continue
             try:
-                if text is None:
-                    remove_file(full_path)
-                else:
-                    write_file_atomic(full_path, text)
+                write_or_remove(full_path, text)
             except SysctlError as exc:
                 self.fail(str(exc))
 

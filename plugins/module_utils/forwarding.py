@@ -273,24 +273,17 @@ def _write(root, changes, files):
     done = []
     try:
         for change in files:
-            _write_or_remove(change.path, change.after)
+            sysctl.write_or_remove(change.path, change.after)
             done.append(change)
     except sysctl.SysctlError as exc:
         undo = [(key, after, before) for key, before, after in changes if before is not None]
         try:
             sysctl.apply_keys(root, undo)
             for change in done:
-                _write_or_remove(change.path, change.before)
+                sysctl.write_or_remove(change.path, change.before)
         except sysctl.SysctlError as undo_exc:
             raise ForwardingError("%s; undoing the changes already made failed too: %s" % (exc, undo_exc))
         raise ForwardingError("%s; the keys and files already changed were restored" % exc)
-
-
-def _write_or_remove(path, text):
-    if text is None:
-        sysctl.remove_file(path)
-    else:
-        sysctl.write_file_atomic(path, text)
 
 
 def _result(settings, before, after, changed, files, **extra):

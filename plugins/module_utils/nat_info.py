@@ -17,6 +17,7 @@ import os
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import (
     BackendUnavailable, mixed_backends, select_backend, xtables_listings,
 )
+from ansible_collections.nodenet.nat.plugins.module_utils.conntrack import MAX_KEY
 from ansible_collections.nodenet.nat.plugins.module_utils.forwarding import BRIDGE_KEYS, IPV4_FORWARD, IPV6_FORWARD, conf_key
 from ansible_collections.nodenet.nat.plugins.module_utils.model import rule_to_params
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import NatRulesError, read_host
@@ -30,7 +31,6 @@ STAT_COLUMNS = ("insert_failed", "drop", "early_drop")
 CONNTRACK_STAT_PATH = "/proc/net/stat/nf_conntrack"
 CONNTRACK_TABLE_PATH = "/proc/net/nf_conntrack"
 CONNTRACK_COUNT_KEY = "net.netfilter.nf_conntrack_count"
-CONNTRACK_MAX_KEY = "net.netfilter.nf_conntrack_max"
 IFF_PROMISC = 0x100
 RP_FILTER_STRICT = 1
 BUSIEST_DESTINATIONS = 5
@@ -197,11 +197,11 @@ def read_conntrack_stats(root, run_command, which):
 
 
 def read_conntrack(root, run_command, which, node):
-    count, maximum = (_int_or_none(read_key(root, key)) for key in (CONNTRACK_COUNT_KEY, CONNTRACK_MAX_KEY))
+    count, maximum = (_int_or_none(read_key(root, key)) for key in (CONNTRACK_COUNT_KEY, MAX_KEY))
     facts = dict(loaded=maximum is not None, count=count, max=maximum,
                  usage_percent=round(100.0 * count / maximum, 1) if count is not None and maximum else None)
     if not facts["loaded"]:
-        node.unreadable["conntrack"] = "nf_conntrack is not loaded (%s does not exist)" % key_path(root, CONNTRACK_MAX_KEY)
+        node.unreadable["conntrack"] = "nf_conntrack is not loaded (%s does not exist)" % key_path(root, MAX_KEY)
         return facts
     per_cpu, source = read_conntrack_stats(root, run_command, which)
     if per_cpu is None:

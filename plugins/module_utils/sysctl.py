@@ -172,6 +172,14 @@ def write_file_atomic(path, text, mode=0o644):
         raise SysctlError("cannot write %s: %s" % (path, exc.strerror or exc))
 
 
+def write_or_remove(path, text):
+    """Write ``text`` to ``path`` atomically, or remove ``path`` when ``text`` is None."""
+    if text is None:
+        remove_file(path)
+    else:
+        write_file_atomic(path, text)
+
+
 def remove_file(path):
     """Remove ``path``; True if it existed."""
     try:
