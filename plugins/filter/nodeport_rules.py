@@ -74,6 +74,8 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
+from ansible_collections.nodenet.nat.plugins.module_utils.model import Endpoint, format_endpoint
+
 NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 NAME_MAX = 40
 PROTOCOLS = ("tcp", "udp", "sctp")
@@ -159,17 +161,14 @@ def _service(raw, seen):
     }
 
 
-def _destination(address, port):
-    return ("[%s]:%d" if address.version == 6 else "%s:%d") % (address, port)
-
-
 def nodeport_rules(services, pod_cidrs=None, addresses=None, mark="0x4000", prefix="nodeport-"):
     if not isinstance(services, list):
         raise AnsibleFilterError("nodeport_services must be a list, got %r" % (services,))
     pod_networks = [_network("-", "nodeport_pod_cidrs", item) for item in pod_cidrs or []]
     node_addresses = [_address("-", "nodeport_addresses", item) for item in addresses or []]
     bit = _mark(mark)
-    set_bit, clear_bit, has_bit = "%s/%s" % (bit, bit), "0x0/%s" % bit, "%s/%s" % (bit, bit)
+    # One string for setting the bit (value/mask) and for matching it (value/mask).
+    bit_set, bit_clear = "%s/%s" % (bit, bit), "0x0/%s" % bit
     prerouting, output, families = [], [], set()
     seen = set()
     for service in [_service(raw, seen) for raw in services]:
@@ -199,23 +198,23 @@ def nodeport_rules(services, pod_cidrs=None, addresses=None, mark="0x4000", pref
                 stem = "%s%s-%s-" % (prefix, service["name"], key)
                 common = {"family": family, "protocol": service["protocol"], "destination_ports": [service["port"]]}
                 limited = dict(common, source=ranges) if ranges else dict(common)
-                dnat = {"type": "dnat", "to_destination": [_destination(address, port) for address, port in backends]}
+                dnat = {"type": "dnat", "to_destination": [format_endpoint(Endpoint(address, port)) for address, port in backends]}
                 if not service["local"]:
                     prerouting.append(dict(limited, name=stem + "mark" + suffix, type="mark", chain="prerouting",
-                                           set_mark=set_bit, **match))
+                                           set_mark=bit_set, **match))
                     for index, net in enumerate(pods):
                         prerouting.append(dict(common, name="%sclear%d%s" % (stem, index, suffix), type="mark",
-                                               chain="prerouting", source=[str(net)], set_mark=clear_bit, **match))
+                                               chain="prerouting", source=[str(net)], set_mark=bit_clear, **match))
                 prerouting.append(dict(common, name=stem + "hairpin" + suffix, type="mark", chain="prerouting",
                                        source=sorted(set(str(address) for address, _port_ in backends)),
-                                       set_mark=set_bit, **match))
+                                       set_mark=bit_set, **match))
                 prerouting.append(dict(limited, name=stem + "dnat" + suffix, chain="prerouting", **dict(dnat, **match)))
                 if not service["local"]:
                     output.append(dict(limited, name=stem + "out-mark" + suffix, type="mark", chain="output",
-                                       set_mark=set_bit, **output_match))
+                                       set_mark=bit_set, **output_match))
                 output.append(dict(limited, name=stem + "out-dnat" + suffix, chain="output", **dict(dnat, **output_match)))
     postrouting = [{"name": "%smasquerade-v%d" % (prefix, version), "family": "ipv%d" % version, "type": "masquerade",
-                    "chain": "postrouting", "mark": has_bit, "random_fully": True} for version in sorted(families)]
+                    "chain": "postrouting", "mark": bit_set, "random_fully": True} for version in sorted(families)]
     return prerouting + output + postrouting
 
 

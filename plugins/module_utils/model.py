@@ -130,7 +130,7 @@ TARGET_TYPES = dict(
 )
 REQUIRED_TARGET = dict(snat="to_source", dnat="to_destination", mark="set_mark")
 
-_MAX_MARK = 0xffffffff
+FULL_MARK = 0xffffffff
 _PORT_RANGE_PATTERN = re.compile(r"^\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?$")
 _MARK_PATTERN = re.compile(r"^\s*(0[xX][0-9a-fA-F]+|[0-9]+)\s*(?:/\s*(0[xX][0-9a-fA-F]+|[0-9]+)\s*)?$")
 _BRACKETED_ENDPOINT_PATTERN = re.compile(r"^\[([^\]]+)\](?::([0-9]+))?$")
@@ -346,8 +346,8 @@ class _RuleReader(object):
         if not match:
             self.fail(field, text, "is not a mark 'value' or 'value/mask' (hex 0x... or decimal)")
         value, mask = [int(token, 0) if token.lower().startswith("0x") else int(token)
-                       for token in (match.group(1), match.group(2) or str(_MAX_MARK))]
-        if value > _MAX_MARK or mask > _MAX_MARK:
+                       for token in (match.group(1), match.group(2) or str(FULL_MARK))]
+        if value > FULL_MARK or mask > FULL_MARK:
             self.fail(field, text, "is larger than 32 bits")
         if value & ~mask:
             self.fail(field, text, "has value bits outside the mask")
@@ -455,15 +455,19 @@ def rules_from_config(config):
 # NatRule -> user-facing dict (before / after / gathered / parsed)
 # ---------------------------------------------------------------------------
 
-def _port_range_param(port_range):
-    return port_range.first if port_range.first == port_range.last else "%d-%d" % port_range
+def format_port_range(port_range, separator="-"):
+    """``first`` or ``first<separator>last`` (iptables matches write ``:``, NAT targets ``-``)."""
+    if port_range.first == port_range.last:
+        return str(port_range.first)
+    return "%d%s%d" % (port_range.first, separator, port_range.last)
 
 
-def _mark_param(mark):
+def format_mark(mark):
     return "0x%x/0x%x" % mark
 
 
-def _endpoint_param(endpoint):
+def format_endpoint(endpoint):
+    """``address``, ``address:port``, or ``[address]:port`` for IPv6."""
     if endpoint.port is None:
         return str(endpoint.address)
     if endpoint.address.version == 6:
@@ -471,20 +475,28 @@ def _endpoint_param(endpoint):
     return "%s:%d" % endpoint
 
 
-def _address_range_param(addresses):
+def format_address_range(addresses):
     first, last = addresses
     return str(first) if first == last else "%s-%s" % (first, last)
 
 
+def _port_range_param(port_range):
+    return port_range.first if port_range.first == port_range.last else format_port_range(port_range)
+
+
+def _networks_param(networks):
+    return [str(network) for network in networks]
+
+
 _PARAM_FORMATTERS = dict(
-    source=lambda networks: [str(network) for network in networks],
-    destination=lambda networks: [str(network) for network in networks],
+    source=_networks_param,
+    destination=_networks_param,
     destination_ports=lambda ranges: [_port_range_param(port_range) for port_range in ranges],
-    mark=_mark_param,
-    set_mark=_mark_param,
+    mark=format_mark,
+    set_mark=format_mark,
     ct_state=list,
-    to_source=_address_range_param,
-    to_destination=lambda endpoints: [_endpoint_param(endpoint) for endpoint in endpoints],
+    to_source=format_address_range,
+    to_destination=lambda endpoints: [format_endpoint(endpoint) for endpoint in endpoints],
     to_ports=_port_range_param,
 )
 

@@ -27,7 +27,8 @@ import shlex
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState, NatBackend, Transaction
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
-    CHAINS, FAMILIES, Endpoint, Mark, PortRange, RuleError, address_families, make_rule)
+    CHAINS, FAMILIES, FULL_MARK, Endpoint, Mark, PortRange, RuleError, address_families, format_address_range, format_endpoint,
+    format_mark, format_port_range, make_rule)
 
 CHAIN_PREFIX = "NODENET-"
 JUMP_COMMENT = "nodenet-nat"
@@ -41,7 +42,6 @@ MULTIPORT_SLOTS = 15        # xt_multiport: a range takes two slots
 PROBABILITY_TOLERANCE = 1e-6  # the kernel keeps probability as a 31-bit fraction
 TARGETS = {"masquerade": "MASQUERADE", "snat": "SNAT", "dnat": "DNAT", "mark": "MARK", "return": "RETURN"}
 _RULE_TYPES = dict((target, rule_type) for rule_type, target in TARGETS.items())
-_FULL_MASK = 0xffffffff
 
 # One iptables rule line: a NatRule holding at most one source, destination, port group and
 # endpoint (name = the comment), and the statistic probability of a DNAT cascade step.
@@ -177,13 +177,13 @@ def _format_line(line):
     if rule.protocol:
         args += ["-p", rule.protocol]
     if len(rule.destination_ports) == 1:
-        args += ["-m", rule.protocol, "--dport", _port_text(rule.destination_ports[0], ":")]
+        args += ["-m", rule.protocol, "--dport", format_port_range(rule.destination_ports[0], ":")]
     elif rule.destination_ports:
-        args += ["-m", "multiport", "--dports", ",".join(_port_text(port_range, ":") for port_range in rule.destination_ports)]
+        args += ["-m", "multiport", "--dports", ",".join(format_port_range(port_range, ":") for port_range in rule.destination_ports)]
     if rule.destination_type:
         args += ["-m", "addrtype"] + (["!"] if rule.destination_type_negate else []) + ["--dst-type", rule.destination_type.upper()]
     if rule.mark:
-        args += ["-m", "mark"] + (["!"] if rule.mark_negate else []) + ["--mark", _mark_text(rule.mark)]
+        args += ["-m", "mark"] + (["!"] if rule.mark_negate else []) + ["--mark", format_mark(rule.mark)]
     if rule.ct_state:
         args += ["-m", "conntrack", "--ctstate", ",".join(state.upper() for state in rule.ct_state)]
     args += ["-m", "comment", "--comment", '"%s"' % rule.name]
@@ -196,30 +196,17 @@ def _format_line(line):
 def _target_args(rule):
     args = []
     if rule.type == "masquerade" and rule.to_ports:
-        args += ["--to-ports", _port_text(rule.to_ports, "-")]
+        args += ["--to-ports", format_port_range(rule.to_ports)]
     elif rule.type == "snat":
-        first, last = rule.to_source
-        addresses = str(first) if first == last else "%s-%s" % (first, last)
-        ports = _port_text(rule.to_ports, "-") if rule.to_ports else None
-        args += ["--to-source", _join_ports(addresses, first.version, ports)]
+        ports = format_port_range(rule.to_ports) if rule.to_ports else None
+        args += ["--to-source", _join_ports(format_address_range(rule.to_source), rule.to_source[0].version, ports)]
     elif rule.type == "dnat":
-        address, port = rule.to_destination[0]
-        args += ["--to-destination", _join_ports(str(address), address.version, None if port is None else str(port))]
+        args += ["--to-destination", format_endpoint(rule.to_destination[0])]
     elif rule.type == "mark":
-        args += ["--set-xmark", "0x%x/0x%x" % rule.set_mark]
+        args += ["--set-xmark", format_mark(rule.set_mark)]
     if rule.random_fully:
         args.append("--random-fully")
     return args
-
-
-def _port_text(port_range, separator):
-    if port_range.first == port_range.last:
-        return str(port_range.first)
-    return "%d%s%d" % (port_range.first, separator, port_range.last)
-
-
-def _mark_text(mark):
-    return "0x%x/0x%x" % mark
 
 
 # ---------------------------------------------------------------- parse
@@ -363,7 +350,7 @@ def _port_range(text, separator):
 
 def _mark(text):
     value, dummy, mask = text.partition("/")
-    return Mark(int(value, 0), int(mask, 0) if mask else _FULL_MASK)
+    return Mark(int(value, 0), int(mask, 0) if mask else FULL_MARK)
 
 
 def _set(field, convert=lambda value: value):

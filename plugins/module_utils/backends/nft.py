@@ -38,7 +38,7 @@ import re
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState, NatBackend, Transaction
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
-    CHAINS, FAMILIES, PROTOCOLS, Endpoint, Mark, PortRange, RuleError, make_rule,
+    CHAINS, FAMILIES, FULL_MARK, PROTOCOLS, Endpoint, Mark, PortRange, RuleError, format_port_range, make_rule,
     normalize_ct_states, normalize_networks, normalize_port_ranges,
 )
 
@@ -55,7 +55,6 @@ _BASE_CHAIN_PRIORITIES = dict(prerouting="dstnat", input="100", output="-100", p
 _ADDRESS_TYPES = {"ipv4": "ipv4_addr", "ipv6": "ipv6_addr"}
 # Model ct_state values that are conntrack status bits in nft (``ct status``), not states.
 _CT_STATUSES = ("dnat", "snat")
-_FULL_MARK = 0xffffffff
 _UNSAFE_CHAIN_CHARACTERS = re.compile(r"[^A-Za-z0-9_./-]")
 
 
@@ -77,10 +76,6 @@ def _rule_chain_name(rule_name):
 
 def _set_text(items):
     return items[0] if len(items) == 1 else "{ %s }" % ", ".join(items)
-
-
-def _port_range_text(port_range):
-    return "%d" % port_range.first if port_range.first == port_range.last else "%d-%d" % port_range
 
 
 def _address_text(address):
@@ -108,7 +103,7 @@ def _match_texts(rule):
     if rule.protocol:
         texts.append("meta l4proto %s" % rule.protocol)
     if rule.destination_ports:
-        texts.append("th dport %s" % _set_text([_port_range_text(ports) for ports in rule.destination_ports]))
+        texts.append("th dport %s" % _set_text([format_port_range(ports) for ports in rule.destination_ports]))
     if rule.mark:
         texts.append("meta mark & 0x%08x %s 0x%08x" % (rule.mark.mask, "!=" if rule.mark_negate else "==", rule.mark.value))
     states = [state for state in rule.ct_state if state not in _CT_STATUSES]
@@ -139,7 +134,7 @@ def _dnat_text(rule):
 
 
 def _to_ports_text(rule):
-    return ":%s" % _port_range_text(rule.to_ports) if rule.to_ports else ""
+    return ":%s" % format_port_range(rule.to_ports) if rule.to_ports else ""
 
 
 def _fully_random_text(rule):
@@ -165,7 +160,7 @@ def _statement_text(rule):
         return _masquerade_text(rule)
     if rule.type == "mark":
         # mark = (mark & ~mask) | value; nft prints back the shortest equivalent form.
-        return "meta mark set meta mark & 0x%08x | 0x%08x" % (~rule.set_mark.mask & _FULL_MARK, rule.set_mark.value)
+        return "meta mark set meta mark & 0x%08x | 0x%08x" % (~rule.set_mark.mask & FULL_MARK, rule.set_mark.value)
     return "return"
 
 
@@ -303,7 +298,7 @@ def _port_range(value):
 def _mark_update(expression):
     """(and_mask, xor_value) such that the new mark is (mark & and_mask) ^ xor_value."""
     if expression == {"meta": {"key": "mark"}}:
-        return _FULL_MARK, 0
+        return FULL_MARK, 0
     if isinstance(expression, int):
         return 0, expression
     (operator, (inner, constant)), = expression.items()
@@ -311,14 +306,14 @@ def _mark_update(expression):
     if operator == "&":
         return and_mask & constant, xor_value & constant
     if operator == "|":
-        return and_mask & ~constant & _FULL_MARK, xor_value | constant
+        return and_mask & ~constant & FULL_MARK, xor_value | constant
     _expect(operator == "^", "mark expression %s" % operator)
     return and_mask, xor_value ^ constant
 
 
 def _set_mark(expression):
     and_mask, value = _mark_update(expression)
-    mask = ~and_mask & _FULL_MARK
+    mask = ~and_mask & FULL_MARK
     _expect(not value & ~mask, "meta mark set that toggles bits")
     return Mark(value, mask)
 
@@ -407,14 +402,14 @@ def _match_fields(family, match):
         _expect(right in PROTOCOLS, "protocol %s" % right)
         return dict(protocol=right)
     if kind in ("meta", "&"):
-        mask = _FULL_MARK
+        mask = FULL_MARK
         if kind == "&":
             attributes, mask = attributes
             (kind, attributes), = attributes.items()
         _expect(kind == "meta" and attributes["key"] == "mark", "match on %s" % kind)
         if isinstance(right, dict):
             # nft prints a mask of leading one bits as a prefix: "meta mark 0x0/24".
-            mask = _FULL_MARK << (32 - right["prefix"]["len"]) & _FULL_MARK
+            mask = FULL_MARK << (32 - right["prefix"]["len"]) & FULL_MARK
             right = right["prefix"]["addr"]
         return dict(mark=Mark(right, mask), mark_negate=negate)
     _expect(kind == "ct" and attributes["key"] in ("state", "status") and not negate, "match on %s" % kind)
