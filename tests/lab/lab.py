@@ -2,25 +2,22 @@
 """Lab topology and packet verifier, run as root inside a lab node container.
 
 Every namespace and link it makes lives inside the container's own network namespace,
-so removing the container removes them all; ``teardown`` removes them earlier.
+so removing the container removes them all.
 
   lab.py host NAME ADDR/PREFIX NODE_ADDR/PREFIX [--route CIDR ...]
       a host namespace on a veth to the node (node side: v-NAME); its routes go via the node
   lab.py bridge BRIDGE ADDR/PREFIX [ADDR/PREFIX ...]
       a bridge in the node holding the pods' gateway addresses
-  lab.py pod NAME BRIDGE ADDR/PREFIX GATEWAY [--route CIDR ...]
-      a pod namespace whose veth (node side: v-NAME) is a port of BRIDGE
+  lab.py pod NAME BRIDGE ADDR/PREFIX GATEWAY
+      a pod namespace whose veth (node side: v-NAME) is a port of BRIDGE, default route via GATEWAY
   lab.py serve NAMESPACE PORT LABEL [--udp]
       a daemon answering each connection with "<source ip it saw> <LABEL>"
   lab.py probe NAMESPACE ADDRESS PORT [--udp] [--count N] [--timeout S]
       connects N times and prints one answer per line ("timeout" when none came)
-  lab.py teardown
-      removes every lab namespace, server and node-side link
 """
 import argparse
 import ipaddress
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -74,7 +71,7 @@ def cmd_bridge(args):
 
 
 def cmd_pod(args):
-    add_namespace_link(args.name, args.address, args.route or ["default"], args.gateway)
+    add_namespace_link(args.name, args.address, ["default"], args.gateway)
     link = "v-" + args.name
     run("ip", "link", "set", link, "master", args.bridge)
     run("ip", "link", "set", link, "up")
@@ -146,8 +143,8 @@ def probe_once(address, port, udp, timeout):
     try:
         if udp:
             sock.sendto(b"probe", (address, port))
-            return sock.recv(512).decode().strip()
-        sock.connect((address, port))
+        else:
+            sock.connect((address, port))
         return sock.recv(512).decode().strip()
     except socket.timeout:
         return "timeout"
@@ -167,21 +164,6 @@ def cmd_probe(args):
     argv = [sys.executable, os.path.abspath(__file__), "probe", args.namespace, args.address, str(args.port),
             "--inside", "--count", str(args.count), "--timeout", str(args.timeout)] + (["--udp"] if args.udp else [])
     os.execvp("ip", ["ip", "netns", "exec", args.namespace] + argv)
-
-
-def cmd_teardown(_args):
-    namespaces = sorted(os.listdir(NETNS_DIR)) if os.path.isdir(NETNS_DIR) else []
-    for namespace in namespaces:
-        pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True, check=True).stdout.split()
-        for pid in pids:
-            os.kill(int(pid), signal.SIGKILL)
-        subprocess.run(["ip", "netns", "del", namespace], check=False)
-    # Deleting a namespace takes its veth pairs with it; what remains are links to namespaces made elsewhere.
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
-    for line in links.splitlines():
-        name = line.split(":")[1].strip().split("@")[0]
-        if name.startswith("v-"):
-            subprocess.run(["ip", "link", "del", name], check=False, capture_output=True)
 
 
 def main():
@@ -205,7 +187,6 @@ def main():
     pod.add_argument("bridge")
     pod.add_argument("address")
     pod.add_argument("gateway")
-    pod.add_argument("--route", action="append", default=[])
     pod.set_defaults(func=cmd_pod)
 
     server = commands.add_parser("serve")
@@ -225,9 +206,6 @@ def main():
     probe.add_argument("--timeout", type=float, default=2.0)
     probe.add_argument("--inside", action="store_true")
     probe.set_defaults(func=cmd_probe)
-
-    teardown = commands.add_parser("teardown")
-    teardown.set_defaults(func=cmd_teardown)
 
     args = parser.parse_args()
     args.func(args)
