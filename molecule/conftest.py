@@ -41,6 +41,14 @@ def run_module(name, module_name, params, check_failed=True):
     return result
 
 
+def run_playbook(playbook, *args, timeout=None):
+    """stdout of ``ansible-playbook ARGS PLAYBOOK`` on the scenario's inventory; a failed run fails the test with its output."""
+    argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"]] + list(args) + [playbook]
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
 def lab_probe(node, namespace, address, port=8080, count=1, timeout=2, udp=False):
     """Answers to ``count`` connections from ``namespace`` to ``address``:``port``, one per connection."""
     command = "lab.py probe %s %s %s --count %s --timeout %s" + (" --udp" if udp else "")
@@ -58,6 +66,12 @@ def fixture_module(host):
     return lambda module_name, params, check_failed=True: run_module(name, module_name, params, check_failed)
 
 
+@pytest.fixture(name="backend", scope="module")
+def fixture_backend(host):
+    """The backend the node's host vars name (nodenet_nat_backend)."""
+    return host.ansible.get_variables()["nodenet_nat_backend"]
+
+
 @pytest.fixture(name="probe", scope="session")
 def fixture_probe():
     return lab_probe
@@ -73,3 +87,17 @@ def fixture_node_named():
 def fixture_module_named():
     """module_named(NAME, MODULE, PARAMS): ``module`` for the node NAME."""
     return run_module
+
+
+@pytest.fixture(name="probes", scope="module")
+def fixture_probes(node, probe, request):
+    """{target: [answer, ...]}: COUNT connections (default 2, TIMEOUT default 2 s) to each of the test module's
+    TARGETS, each (namespace, address) or (namespace, address, port)."""
+    count, timeout = getattr(request.module, "COUNT", 2), getattr(request.module, "TIMEOUT", 2)
+    return dict((target, probe(node, *target, count=count, timeout=timeout)) for target in request.module.TARGETS)
+
+
+@pytest.fixture(name="playbook", scope="session")
+def fixture_playbook():
+    """playbook(PATH, *ARGS, timeout=None): run_playbook."""
+    return run_playbook

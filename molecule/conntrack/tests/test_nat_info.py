@@ -5,18 +5,10 @@ The tests run in file order: the first ones see the seeded node, the fix test ch
 """
 import json
 import os
-import subprocess
-
-import pytest
 
 POD_CIDR = "10.244.0.0/16"
 SEEDED = ["forwarding_off", "masquerade_missing", "rp_filter_strict_multihomed", "hairpin_off", "bridge_nf_call_off"]
 FIXED = ["forwarding_off", "masquerade_missing", "rp_filter_strict_multihomed", "bridge_nf_call_off"]
-
-
-@pytest.fixture
-def backend(host):
-    return host.ansible.get_variables()["nodenet_nat_backend"]
 
 
 def nat_info(module, backend, **params):
@@ -52,17 +44,13 @@ def test_the_seeded_faults_are_reported_with_severity_and_fix(node, module, back
     assert probe(node, "pod-a", UPSTREAM, count=3, timeout=1) == ["timeout"] * 3
 
 
-def test_diagnose_playbook_prints_the_host_and_its_problems(host, backend):
-    playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "diagnose.yml")
-    run = subprocess.run(
-        ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", host.backend.get_hostname(), playbook,
-         "-e", json.dumps({"node_egress_pod_cidrs": [POD_CIDR], "ansible_become": False})],
-        capture_output=True, text=True, check=False, timeout=120,
-    )
-    assert run.returncode == 0, run.stdout + run.stderr
-    rows = [line.split('"msg": "', 1)[1].split() for line in run.stdout.splitlines()
+def test_diagnose_playbook_prints_the_host_and_its_problems(host, backend, playbook):
+    stdout = playbook(os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "diagnose.yml"),
+                      "--limit", host.backend.get_hostname(),
+                      "-e", json.dumps({"node_egress_pod_cidrs": [POD_CIDR], "ansible_become": False}), timeout=120)
+    rows = [line.split('"msg": "', 1)[1].split() for line in stdout.splitlines()
             if '"msg": "%s ' % host.backend.get_hostname() in line]
-    assert len(rows) == 1, run.stdout
+    assert len(rows) == 1, stdout
     assert rows[0][:5] == [host.backend.get_hostname(), backend, "ipv4", "off,", "ipv6"], rows[0]
     rows[0] = " ".join(rows[0])
     assert "%d: forwarding_off, masquerade_missing" % len(SEEDED) in rows[0]

@@ -1,6 +1,5 @@
 """Two nodes converged by playbooks/site.yml: what clients, pods and the upstream host see, then playbooks/remove.yml."""
 import os
-import subprocess
 
 import pytest
 
@@ -38,12 +37,11 @@ def test_pod_on_a_reaches_itself_through_its_service(node_a, probe):
     assert probe(node_a, "pod-a1", A_BRIDGE, 30081, count=4) == ["%s pod-a1" % A_BRIDGE] * 4
 
 
-def test_remove_playbook_removes_everything_the_collection_owns(node_a, node_b, probe, module_named):
+def test_remove_playbook_removes_everything_the_collection_owns(node_a, node_b, probe, module_named, playbook):
     # site.yml does not tune conntrack; tune B so that remove.yml has its owned files to remove.
     module_named(NODE_B, "nodenet.nat.conntrack", {"timeouts": {"tcp_time_wait": 60}})
     assert node_b.file(CONNTRACK_SYSCTL_FILE).exists
-    playbook = os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "remove.yml")
-    subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], playbook], check=True, stdout=subprocess.DEVNULL)
+    playbook(os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "remove.yml"))
     # Packets stop: the node port no longer forwards, B no longer routes its pods out.
     assert probe(node_a, "client", "198.51.100.1", 30080, count=2) == ["refused"] * 2
     assert probe(node_b, "pod-b1", "203.0.113.2", 8080, count=2) == ["timeout"] * 2

@@ -4,11 +4,10 @@ import re
 UNIT = "/etc/systemd/system/nodenet-hairpin@.service"
 
 
-def test_new_pod_gets_hairpin_and_reaches_itself(host, node, module):
+def test_new_pod_gets_hairpin_and_reaches_itself(node, module, backend):
     exec_start = re.search(r"^ExecStart=(.*)$", node.file(UNIT).content_string, re.MULTILINE).group(1)
     command = exec_start.replace("%i", "br0")
     assert command == "/usr/local/sbin/nodenet-hairpin watch br0"
-    backend = host.ansible.get_variables()["nodenet_nat_backend"]
     service = module("nodenet.nat.nat_rules", dict(
         backend=backend, state="merged", scope="test-service-",
         config=[dict(name="test-service-new", type="dnat", chain="prerouting", destination=["10.96.0.11"],

@@ -1,6 +1,5 @@
 """NodePort services seen from clients, pods and the node: who answers and which source the backend saw."""
 import os
-import subprocess
 
 CLIENT, CLIENT2 = "198.51.100.2", "192.0.2.2"
 NODE_ADDRESSES = {"client": "198.51.100.1", "client2": "192.0.2.1"}
@@ -55,11 +54,9 @@ def test_client_on_the_node_itself_reaches_the_service(node, probe):
     assert {label for _source, label in seen} == {"pod-a", "pod-b"}
 
 
-def test_removed_service_stops_answering(host, node, probe):
+def test_removed_service_stops_answering(host, node, probe, playbook):
     assert answers(probe(node, "client", NODE_ADDRESSES["client"], 30099, count=2))[0][0] == BRIDGE
-    scenario = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
-    subprocess.run(["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", host.backend.get_hostname(),
-                    os.path.join(scenario, "drop_service.yml")], check=True, stdout=subprocess.DEVNULL)
+    playbook(os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "drop_service.yml"), "--limit", host.backend.get_hostname())
     assert probe(node, "client", NODE_ADDRESSES["client"], 30099, count=2) == ["refused"] * 2
     assert len(answers(probe(node, "client", NODE_ADDRESSES["client"], 30080, count=2))) == 2
     assert "nodeport-gone" not in node.check_output("nft list ruleset; iptables-legacy-save -t nat")

@@ -111,8 +111,8 @@ def _match_texts(rule):
     if states and statuses:
         # nft matches conntrack states and status bits with two expressions, which would AND them.
         raise RuleError("rule %s: ct_state: %r mixes conntrack states (%s) with NAT status (%s); the nft backend "
-                         "cannot match either one in a single rule: write one rule for each"
-                         % (rule.name, list(rule.ct_state), ", ".join(states), ", ".join(statuses)))
+                        "cannot match either one in a single rule: write one rule for each"
+                        % (rule.name, list(rule.ct_state), ", ".join(states), ", ".join(statuses)))
     if states:
         texts.append("ct state %s" % ",".join(states))
     if statuses:
