@@ -2,6 +2,8 @@
 import os
 import sys
 
+import pytest
+
 _REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 _ROOT = os.path.join(_REPO, ".collections")
 _LINK = os.path.join(_ROOT, "ansible_collections", "nodenet", "nat")
@@ -11,3 +13,14 @@ if not os.path.lexists(_LINK):
     os.symlink(_REPO, _LINK)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+
+
+@pytest.fixture
+def deny_write(monkeypatch):
+    """deny_write(PATH): os.access refuses writing PATH, as /proc/sys answers for a read-only key
+    (root bypasses file modes on a plain tmp dir)."""
+    denied = set()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: (
+        False if os.path.abspath(path) in denied and mode & os.W_OK else real_access(path, mode)))
+    return lambda path: denied.add(os.path.abspath(path))

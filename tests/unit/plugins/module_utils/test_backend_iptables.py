@@ -19,6 +19,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     CHAINS, CHAINS_BY_TYPE, CT_STATES, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS,
     Endpoint, Mark, PortRange, RuleError, make_rule, normalize_ct_states, normalize_networks, normalize_port_ranges,
 )
+from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import canonical_order
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "iptables")
 VARIANTS = ("nft", "legacy")
@@ -36,11 +37,6 @@ def net(text):
 
 def addr(text):
     return ipaddress.ip_address(text)
-
-
-def host_order(rules):
-    """Parse lists rules by family, then hook, then position in the chain."""
-    return sorted(rules, key=lambda rule: (FAMILIES.index(rule.family), CHAINS.index(rule.chain)))
 
 
 # The rules recorded in owned-*.ipv4.save / owned-*.ipv6.save (see record.sh), in host order.
@@ -372,5 +368,5 @@ def test_generated_rules_round_trip_through_the_kernel(rules, variant, tmp_path)
     backend = IptablesBackend(variant)
     outputs, dummy = Netns(backend, tmp_path).apply(list(rules))
     state = backend.parse(outputs)
-    assert state.rules == host_order(rules)
+    assert state.rules == canonical_order(rules)
     assert state.facts["unrecognized"] == []

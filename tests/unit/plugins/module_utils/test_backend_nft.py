@@ -31,6 +31,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     Endpoint, Mark, PortRange, make_rule, normalize_ct_states, normalize_networks, normalize_port_ranges,
     rule_from_params, rule_to_params, rules_from_config,
 )
+from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import canonical_order
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "nft")
 with open(os.path.join(FIXTURES, "cases.json")) as cases_file:
@@ -38,11 +39,6 @@ with open(os.path.join(FIXTURES, "cases.json")) as cases_file:
 RECORD = os.environ.get("NODENET_RECORD_NFT_FIXTURES") == "1"
 BACKEND = NftBackend()
 NOTHING_OWNED = HostState([], {"tables": set()})
-
-
-def canonical(rules):
-    """Rules in the order parse returns them: by family, then base chain, keeping their order within."""
-    return sorted(rules, key=lambda rule: (FAMILIES.index(rule.family), CHAINS.index(rule.chain)))
 
 
 def families_of(rules):
@@ -195,7 +191,7 @@ def recorded_outputs(case):
 def test_parse_recorded_listing(case):
     rules = case_rules(case)
     state = BACKEND.parse(recorded_outputs(case))
-    assert state.rules == canonical(rules)
+    assert state.rules == canonical_order(rules)
     assert state.facts == {"tables": families_of(rules), "unrecognized": []}
 
 
@@ -212,7 +208,7 @@ def test_parse_reports_rules_it_did_not_write():
     for handle, rule in enumerate(hand_edits, start=900):
         listing["nftables"].append({"rule": dict(rule, family="ip", table="nodenet_nat", chain="postrouting", handle=handle)})
     state = BACKEND.parse({"ipv4": json.dumps(listing), "ipv6": None})
-    assert state.rules == canonical(rule for rule in case_rules("matches_and_statements") if rule.family == "ipv4")
+    assert state.rules == canonical_order(rule for rule in case_rules("matches_and_statements") if rule.family == "ipv4")
     assert state.facts["unrecognized"] == [
         "ip nodenet_nat chain postrouting handle 900: statement counter before the last",
         "ip nodenet_nat chain postrouting handle 901: rule without a name comment",
@@ -239,7 +235,7 @@ def test_round_trip_of_case(case):
                       recorded, indent=1, sort_keys=True)
             recorded.write("\n")
     state = BACKEND.parse(listed)
-    assert state.rules == canonical(rules)
+    assert state.rules == canonical_order(rules)
     assert state.facts == {"tables": families_of(rules), "unrecognized": []}
 
 
@@ -260,7 +256,7 @@ def test_foreign_table_survives_replace_and_removal():
     foreign_listing = [("foreign", ["nft", "list", "table", "ip", "kube-proxy"])]
     replaced, removed = run_in_netns([BACKEND.render(rules, NOTHING_OWNED), BACKEND.render([], owned)],
                                      setup=FOREIGN_TABLE, extra_listings=foreign_listing)
-    assert BACKEND.parse(replaced).rules == canonical(rules)
+    assert BACKEND.parse(replaced).rules == canonical_order(rules)
     assert removed == {"ipv4": None, "ipv6": None, "foreign": replaced["foreign"]}
     assert 'ip daddr 10.96.0.1 tcp dport 443 dnat to 192.0.2.10:6443 comment "kubernetes"' in removed["foreign"]
 
@@ -376,5 +372,5 @@ def test_round_trip_generated_rulesets(first, second):
         assert rule_from_params(rule_to_params(rule), 0) == rule
     first_owned = HostState(first, {"tables": families_of(first)})
     after_first, after_second = run_in_netns([BACKEND.render(first, NOTHING_OWNED), BACKEND.render(second, first_owned)])
-    assert BACKEND.parse(after_first) == HostState(canonical(first), {"tables": families_of(first), "unrecognized": []})
-    assert BACKEND.parse(after_second) == HostState(canonical(second), {"tables": families_of(second), "unrecognized": []})
+    assert BACKEND.parse(after_first) == HostState(canonical_order(first), {"tables": families_of(first), "unrecognized": []})
+    assert BACKEND.parse(after_second) == HostState(canonical_order(second), {"tables": families_of(second), "unrecognized": []})

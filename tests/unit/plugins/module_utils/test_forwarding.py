@@ -87,12 +87,6 @@ def converge(root, check_mode=False, run_command=no_commands, **options):
     return forwarding.converge(params(**options), root, check_mode, run_command)
 
 
-def deny_write(monkeypatch, denied_path):
-    real_access = os.access
-    monkeypatch.setattr(sysctl.os, "access", lambda path, mode: (
-        False if path == denied_path and mode & os.W_OK else real_access(path, mode)))
-
-
 NODE_OPTIONS = dict(ipv4=True, rp_filter="loose", interfaces=[interface("eth0.100", forwarding=False, route_localnet=True)])
 
 NODE_FILE = """\
@@ -268,18 +262,18 @@ def test_missing_ipv6_key_names_field_key_and_value(root):
         converge(root, interfaces=[interface("eth0", ipv6_forwarding=True)])
 
 
-def test_read_only_key_fails_before_any_change(root, monkeypatch):
+def test_read_only_key_fails_before_any_change(root, deny_write):
     before = snapshot(root)
-    deny_write(monkeypatch, sysctl.key_path(root, "net.ipv4.conf.default.rp_filter"))
+    deny_write(sysctl.key_path(root, "net.ipv4.conf.default.rp_filter"))
     with pytest.raises(forwarding.ForwardingError) as caught:
         converge(root, ipv4=True, rp_filter="loose")
     assert str(caught.value).startswith("rp_filter: cannot set 2: net.ipv4.conf.default.rp_filter is not writable")
     assert snapshot(root) == before
 
 
-def test_unwritable_sysctl_dir_fails_before_any_change(root, monkeypatch):
+def test_unwritable_sysctl_dir_fails_before_any_change(root, deny_write):
     before = snapshot(root)
-    deny_write(monkeypatch, sysctl.host_path(root, "/etc/sysctl.d"))
+    deny_write(sysctl.host_path(root, "/etc/sysctl.d"))
     with pytest.raises(forwarding.ForwardingError, match="directory .*/etc/sysctl.d is not writable"):
         converge(root, ipv4=True)
     assert snapshot(root) == before

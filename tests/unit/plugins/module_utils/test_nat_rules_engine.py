@@ -14,7 +14,7 @@ import pytest
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState, NatBackend, Transaction
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import NftBackend
-from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES, rule_from_params, rule_to_params
+from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES, rule_from_params, rule_to_params, rules_from_config
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import (
     NatRulesError, NatRulesRun, canonical_order, desired_rules, merge_params, offline_backend, read_host, run_nat_rules,
     running_config_family,
@@ -27,7 +27,7 @@ EGRESS6 = dict(name="egress6", type="masquerade", source=["fd00:10:244::/56"])
 
 
 def _rules(*configs):
-    return [rule_from_params(params, index) for index, params in enumerate(configs)]
+    return rules_from_config(configs)
 
 
 def _names(rules):

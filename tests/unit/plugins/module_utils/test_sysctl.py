@@ -20,17 +20,6 @@ def put_key(root, key, value):
     return path
 
 
-def deny_write(monkeypatch, denied_path):
-    """os.access as on /proc/sys for a read-only key (root bypasses file modes on a plain tmp dir)."""
-    real_access = os.access
-
-    def access(path, mode):
-        if os.path.abspath(path) == os.path.abspath(denied_path) and mode & os.W_OK:
-            return False
-        return real_access(path, mode)
-    monkeypatch.setattr(sysctl.os, "access", access)
-
-
 @pytest.mark.parametrize("parts, key", [
     (["net", "ipv4", "ip_forward"], "net.ipv4.ip_forward"),
     (["net", "ipv4", "conf", "eth0.100", "rp_filter"], "net.ipv4.conf.eth0/100.rp_filter"),
@@ -71,12 +60,12 @@ def test_write_key_failure_names_key_and_value(tmp_path):
         sysctl.write_key(str(tmp_path), "net.ipv4.ip_forward", "1")
 
 
-def test_key_problem(tmp_path, monkeypatch):
+def test_key_problem(tmp_path, deny_write):
     root = str(tmp_path)
     path = put_key(tmp_path, "net.ipv4.ip_forward", "0\n")
     assert sysctl.key_problem(root, "net.ipv4.ip_forward") is None
     assert sysctl.key_problem(root, "net.ipv6.conf.all.forwarding").startswith("net.ipv6.conf.all.forwarding does not exist")
-    deny_write(monkeypatch, path)
+    deny_write(path)
     assert sysctl.key_problem(root, "net.ipv4.ip_forward") == "net.ipv4.ip_forward is not writable (%s)" % path
 
 
@@ -135,12 +124,12 @@ def test_write_file_atomic_failure_leaves_no_temp_file(tmp_path):
     assert sorted(os.listdir(str(tmp_path))) == ["conf"]
 
 
-def test_file_problem(tmp_path, monkeypatch):
+def test_file_problem(tmp_path, deny_write):
     assert sysctl.file_problem(str(tmp_path / "missing" / "dir" / "x.conf")) is None
     assert sysctl.file_problem(str(tmp_path)) == "%s is a directory" % tmp_path
     (tmp_path / "plain").write_text("")
     assert sysctl.file_problem(str(tmp_path / "plain" / "x.conf")).endswith("is not a directory")
-    deny_write(monkeypatch, str(tmp_path))
+    deny_write(str(tmp_path))
     assert sysctl.file_problem(str(tmp_path / "x.conf")).endswith("directory %s is not writable" % tmp_path)
 
 
