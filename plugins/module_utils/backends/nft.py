@@ -276,13 +276,17 @@ def _as_list(value):
     return value if isinstance(value, list) else [value]
 
 
+def _prefix_network(prefix):
+    return ipaddress.ip_network("%s/%d" % (prefix["addr"], prefix["len"]))
+
+
 def _networks(value):
     networks = []
     for item in _as_list(value):
         if isinstance(item, str):
             networks.append(ipaddress.ip_network(item))
         elif "prefix" in item:
-            networks.append(ipaddress.ip_network("%s/%d" % (item["prefix"]["addr"], item["prefix"]["len"])))
+            networks.append(_prefix_network(item["prefix"]))
         else:
             first, last = item["range"]
             networks.extend(ipaddress.summarize_address_range(ipaddress.ip_address(first), ipaddress.ip_address(last)))
@@ -349,16 +353,19 @@ def _address_range(value):
     if isinstance(value, str):
         return ipaddress.ip_address(value), ipaddress.ip_address(value)
     if "prefix" in value:
-        network = ipaddress.ip_network("%s/%d" % (value["prefix"]["addr"], value["prefix"]["len"]))
+        network = _prefix_network(value["prefix"])
         return network.network_address, network.broadcast_address
     first, last = value["range"]
     return ipaddress.ip_address(first), ipaddress.ip_address(last)
 
 
+def _port_fields(statement):
+    """to_ports and random_fully of an snat or masquerade statement."""
+    return dict(to_ports=_port_range(statement["port"]) if "port" in statement else None, random_fully=_nat_flags(statement))
+
+
 def _snat_fields(statement):
-    return dict(to_source=_address_range(statement["addr"]),
-                to_ports=_port_range(statement["port"]) if "port" in statement else None,
-                random_fully=_nat_flags(statement))
+    return dict(_port_fields(statement), to_source=_address_range(statement["addr"]))
 
 
 def _statement_fields(kind, statement):
@@ -368,9 +375,7 @@ def _statement_fields(kind, statement):
     if kind == "snat":
         return "snat", _snat_fields(statement)
     if kind == "masquerade":
-        statement = statement or {}
-        return "masquerade", dict(to_ports=_port_range(statement["port"]) if "port" in statement else None,
-                                  random_fully=_nat_flags(statement))
+        return "masquerade", _port_fields(statement or {})
     if kind == "mangle" and statement["key"] == {"meta": {"key": "mark"}}:
         return "mark", dict(set_mark=_set_mark(statement["value"]))
     _expect(kind == "return", "statement %s" % kind)
