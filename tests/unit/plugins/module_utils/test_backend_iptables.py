@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import IptablesBackend, UnsupportedRule
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
-    CHAINS, CHAINS_BY_TYPE, CT_STATES, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS,
+    CHAINS_BY_TYPE, CT_STATES, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS,
     Endpoint, Mark, PortRange, RuleError, make_rule, normalize_ct_states, normalize_networks, normalize_port_ranges,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import canonical_order

@@ -27,7 +27,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import (
     APPLY_ARGV, CHECK_ARGV, MISSING_TABLE_ERROR, NftBackend, render_table,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
-    CHAINS, CHAINS_BY_TYPE, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS, RULE_TYPES,
+    CHAINS_BY_TYPE, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS, RULE_TYPES,
     Endpoint, Mark, PortRange, make_rule, normalize_ct_states, normalize_networks, normalize_port_ranges,
     rule_from_params, rule_to_params, rules_from_config,
 )
