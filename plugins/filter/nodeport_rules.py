@@ -69,6 +69,7 @@ _value:
   elements: dict
 """
 
+import collections
 import ipaddress
 import re
 
@@ -169,7 +170,13 @@ def nodeport_rules(services, pod_cidrs=None, addresses=None, mark="0x4000", pref
     bit = _mark(mark)
     # One string for setting the bit (value/mask) and for matching it (value/mask).
     bit_set, bit_clear = "%s/%s" % (bit, bit), "0x0/%s" % bit
-    prerouting, output, families = [], [], set()
+    # Rules by (target kind, rule kind), each list in service order: emitted kind by kind, so that the
+    # rules of one kind form one run that the nft backend turns into one map lookup. Rules of
+    # different services never match the same packet, so only each service's own order matters,
+    # and it is kept: mark, clears, hairpin, dnat.
+    groups = collections.OrderedDict(((target, kind), []) for target in ("np", "cip")
+                                     for kind in ("mark", "clear", "hairpin", "dnat", "out-mark", "out-dnat"))
+    families = set()
     seen = set()
     for service in [_service(raw, seen) for raw in services]:
         for version in (4, 6):
@@ -200,22 +207,21 @@ def nodeport_rules(services, pod_cidrs=None, addresses=None, mark="0x4000", pref
                 limited = dict(common, source=ranges) if ranges else dict(common)
                 dnat = {"type": "dnat", "to_destination": [format_endpoint(Endpoint(address, port)) for address, port in backends]}
                 if not service["local"]:
-                    prerouting.append(dict(limited, name=stem + "mark" + suffix, type="mark", chain="prerouting",
-                                           set_mark=bit_set, **match))
-                    for index, net in enumerate(pods):
-                        prerouting.append(dict(common, name="%sclear%d%s" % (stem, index, suffix), type="mark",
-                                               chain="prerouting", source=[str(net)], set_mark=bit_clear, **match))
-                prerouting.append(dict(common, name=stem + "hairpin" + suffix, type="mark", chain="prerouting",
-                                       source=sorted(set(str(address) for address, _port_ in backends)),
-                                       set_mark=bit_set, **match))
-                prerouting.append(dict(limited, name=stem + "dnat" + suffix, chain="prerouting", **dict(dnat, **match)))
+                    groups[key, "mark"].append(dict(limited, name=stem + "mark" + suffix, type="mark", chain="prerouting",
+                                                    set_mark=bit_set, **match))
+                    groups[key, "clear"].extend(dict(common, name="%sclear%d%s" % (stem, index, suffix), type="mark", chain="prerouting",
+                                                     source=[str(net)], set_mark=bit_clear, **match) for index, net in enumerate(pods))
+                groups[key, "hairpin"].append(dict(common, name=stem + "hairpin" + suffix, type="mark", chain="prerouting",
+                                                   source=sorted(set(str(address) for address, _port_ in backends)),
+                                                   set_mark=bit_set, **match))
+                groups[key, "dnat"].append(dict(limited, name=stem + "dnat" + suffix, chain="prerouting", **dict(dnat, **match)))
                 if not service["local"]:
-                    output.append(dict(limited, name=stem + "out-mark" + suffix, type="mark", chain="output",
-                                       set_mark=bit_set, **output_match))
-                output.append(dict(limited, name=stem + "out-dnat" + suffix, chain="output", **dict(dnat, **output_match)))
+                    groups[key, "out-mark"].append(dict(limited, name=stem + "out-mark" + suffix, type="mark", chain="output",
+                                                        set_mark=bit_set, **output_match))
+                groups[key, "out-dnat"].append(dict(limited, name=stem + "out-dnat" + suffix, chain="output", **dict(dnat, **output_match)))
     postrouting = [{"name": "%smasquerade-v%d" % (prefix, version), "family": "ipv%d" % version, "type": "masquerade",
                     "chain": "postrouting", "mark": bit_set, "random_fully": True} for version in sorted(families)]
-    return prerouting + output + postrouting
+    return [rule for rules in groups.values() for rule in rules] + postrouting
 
 
 class FilterModule(object):

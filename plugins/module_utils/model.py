@@ -10,8 +10,11 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
+import functools
 import ipaddress
 import re
+
+from ansible.module_utils.parsing.convert_bool import boolean
 
 FAMILIES = ("ipv4", "ipv6")
 RULE_TYPES = ("masquerade", "snat", "dnat", "mark", "return")
@@ -105,9 +108,12 @@ RULE_OPTIONS = dict(
     set_mark=dict(type="str"),
 )
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
+RULE_FIELDS = frozenset(RULE_OPTIONS)
+
+# Patterns are matched whole (re.fullmatch): "$" would let a trailing newline through.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}")
 # Linux interface names: at most 15 bytes; restricted to characters every backend quotes safely.
-INTERFACE_PATTERN = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+INTERFACE_PATTERN = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 # mark defaults to prerouting (mark before the routing decision, as kube-proxy's mark-for-masquerade);
 # return defaults to postrouting (exempt traffic from a later masquerade).
@@ -131,10 +137,10 @@ TARGET_TYPES = dict(
 REQUIRED_TARGET = dict(snat="to_source", dnat="to_destination", mark="set_mark")
 
 FULL_MARK = 0xffffffff
-_PORT_RANGE_PATTERN = re.compile(r"^\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?$")
-_MARK_PATTERN = re.compile(r"^\s*(0[xX][0-9a-fA-F]+|[0-9]+)\s*(?:/\s*(0[xX][0-9a-fA-F]+|[0-9]+)\s*)?$")
-_BRACKETED_ENDPOINT_PATTERN = re.compile(r"^\[([^\]]+)\](?::([0-9]+))?$")
-_DIGITS_PATTERN = re.compile(r"^[0-9]+$")
+_PORT_RANGE_PATTERN = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
+_MARK_PATTERN = re.compile(r"\s*(0[xX][0-9a-fA-F]+|[0-9]+)\s*(?:/\s*(0[xX][0-9a-fA-F]+|[0-9]+)\s*)?")
+_BRACKETED_ENDPOINT_PATTERN = re.compile(r"\[([^\]]+)\](?::([0-9]+))?")
+_DIGITS_PATTERN = re.compile(r"[0-9]+")
 
 
 class RuleError(ValueError):
@@ -143,6 +149,36 @@ class RuleError(ValueError):
 
 def _family_of(address_or_network):
     return "ipv4" if address_or_network.version == 4 else "ipv6"
+
+
+# Parsing an address costs microseconds and rulesets repeat addresses (a service's backends are
+# also its hairpin sources): parse each text once. ipaddress objects are immutable, so sharing is safe.
+_PARSE_CACHE_SIZE = 1 << 17
+
+
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+# Dotted quads exactly as ipaddress accepts them (no leading zeros), read without its slower parser.
+_IPV4_PATTERN = re.compile(r"\.".join([_OCTET] * 4))
+
+
+@functools.lru_cache(maxsize=_PARSE_CACHE_SIZE)
+def parse_address(text):
+    """ipaddress address of ``text``; raises ValueError."""
+    quad = _IPV4_PATTERN.fullmatch(text)
+    if quad:
+        a, b, c, d = quad.groups()
+        return ipaddress.IPv4Address(int(a) << 24 | int(b) << 16 | int(c) << 8 | int(d))
+    return ipaddress.ip_address(text)
+
+
+@functools.lru_cache(maxsize=_PARSE_CACHE_SIZE)
+def parse_network(text):
+    """(network, None) for a valid network text, (None, the network without host bits) when host bits are set;
+    raises ValueError for anything else."""
+    try:
+        return ipaddress.ip_network(text), None
+    except ValueError:
+        return None, ipaddress.ip_network(text, strict=False)
 
 
 def address_families(rule):
@@ -154,6 +190,8 @@ def address_families(rule):
 
 def normalize_networks(networks):
     """Sorted, collapsed tuple of networks of one IP version (what backends must produce too)."""
+    if len(networks) == 1:
+        return tuple(networks)
     return tuple(ipaddress.collapse_addresses(networks))
 
 
@@ -173,10 +211,22 @@ def normalize_ct_states(states):
     return tuple(sorted(set(states)))
 
 
+def _is_text(value):
+    return isinstance(value, str) or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
 class _RuleReader(object):
-    """Reads one user dict; every error names the rule (index and name), the field and the value."""
+    """Reads one user dict; every error names the rule (index and name), the field and the value.
+
+    The module's argument spec does not describe the items of ``config`` (ansible's per-item checks cost
+    more than the whole rest of a run at thousands of rules), so this reader takes what ansible's own
+    types would: booleans in ansible's spellings, numbers where text is expected, a comma-separated
+    string where a list is, and refuses unknown keys.
+    """
 
     def __init__(self, params, index):
+        if not isinstance(params, dict):
+            raise RuleError("config[%s]: %r is not a dict of rule options" % (index, params))
         self.params = params
         self.index = index
         self.label = "config[%s]" % index
@@ -191,16 +241,32 @@ class _RuleReader(object):
     def get(self, field):
         return self.params.get(field)
 
+    def check_keys(self):
+        unknown = sorted(str(key) for key in self.params if key not in RULE_FIELDS)
+        if unknown:
+            self.fail(unknown[0], None, "is not a rule option (valid: %s)" % ", ".join(sorted(RULE_FIELDS)))
+
     def flag(self, field):
         value = self.get(field)
         if value is None:
             return False
-        if not isinstance(value, bool):
+        if isinstance(value, bool):
+            return value
+        try:
+            return boolean(value, strict=True)
+        except TypeError:
             self.fail(field, value, "is not a boolean")
-        return value
+
+    def text(self, field):
+        value = self.get(field)
+        if value is None or isinstance(value, str):
+            return value
+        if not _is_text(value):
+            self.fail(field, value, "is not a string")
+        return str(value)
 
     def choice(self, field, choices):
-        value = self.get(field)
+        value = self.text(field)
         if value is not None and value not in choices:
             self.fail(field, value, "is not one of %s" % ", ".join(choices))
         return value
@@ -209,9 +275,12 @@ class _RuleReader(object):
         value = self.get(field)
         if value is None:
             return []
+        if isinstance(value, str):
+            # As ansible's list type: a comma-separated string is a list.
+            return [item.strip() for item in value.split(",")] if value.strip() else []
         if not isinstance(value, (list, tuple)):
             self.fail(field, value, "is not a list")
-        return list(value)
+        return value
 
     def note_family(self, field, text, address_or_network):
         self.family_sources.setdefault(_family_of(address_or_network), (field, text))
@@ -222,7 +291,9 @@ class _RuleReader(object):
         value = self.get("name")
         if value is None:
             self.fail("name", None, "is required")
-        if not isinstance(value, str) or not NAME_PATTERN.match(value):
+        if _is_text(value) and not isinstance(value, str):
+            value = str(value)
+        if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
             self.fail("name", value, "is not a valid rule name: 1-64 characters from A-Z a-z 0-9 . _ : / -, "
                                      "starting with a letter or digit")
         self.label = "config[%s] (name=%s)" % (self.index, value)
@@ -236,13 +307,11 @@ class _RuleReader(object):
             if not isinstance(text, str):
                 self.fail(field, text, "is not a valid network")
             try:
-                network = ipaddress.ip_network(text.strip())
+                network, without_host_bits = parse_network(text.strip())
             except ValueError:
-                try:
-                    network = ipaddress.ip_network(text.strip(), strict=False)
-                except ValueError:
-                    self.fail(field, text, "is not a valid network")
-                self.fail(field, text, "has host bits set (the network is %s)" % network)
+                self.fail(field, text, "is not a valid network")
+            if network is None:
+                self.fail(field, text, "has host bits set (the network is %s)" % without_host_bits)
             if networks and networks[0].version != network.version:
                 self.fail(field, text, "mixes IPv4 and IPv6 with %r" % str(networks[0]))
             self.note_family(field, text, network)
@@ -251,14 +320,14 @@ class _RuleReader(object):
 
     def address(self, field, text):
         try:
-            address = ipaddress.ip_address(text)
+            address = parse_address(text)
         except ValueError:
             self.fail(field, text, "is not a valid IP address")
         self.note_family(field, text, address)
         return address
 
     def to_source(self):
-        text = self.get("to_source")
+        text = self.text("to_source")
         if text is None:
             return None
         first_text, dash, last_text = text.strip().partition("-")
@@ -272,7 +341,7 @@ class _RuleReader(object):
         if not isinstance(text, str):
             self.fail("to_destination", text, "is not an address or address:port")
         text = text.strip()
-        bracketed = _BRACKETED_ENDPOINT_PATTERN.match(text)
+        bracketed = _BRACKETED_ENDPOINT_PATTERN.fullmatch(text)
         if bracketed:
             address_text, port_text = bracketed.groups()
             address = self.address("to_destination", address_text)
@@ -284,7 +353,7 @@ class _RuleReader(object):
                 # No port, or a bare IPv6 address (an IPv6 address with a port needs brackets).
                 address_text, port_text = text, None
             address = self.address("to_destination", address_text)
-            if port_text is not None and not _DIGITS_PATTERN.match(port_text):
+            if port_text is not None and not _DIGITS_PATTERN.fullmatch(port_text):
                 self.fail("to_destination", text, "is not an address or address:port")
         port = None if port_text is None else self.port("to_destination", port_text, text)
         return Endpoint(address, port)
@@ -292,12 +361,16 @@ class _RuleReader(object):
     def to_destination(self):
         texts = self.items("to_destination")
         endpoints = [self.endpoint(text) for text in texts]
-        for position, endpoint in enumerate(endpoints):
-            if (endpoint.port is None) != (endpoints[0].port is None):
-                self.fail("to_destination", texts[position], "has %s port while %r has %s" % (
-                    "no" if endpoint.port is None else "a", texts[0], "none" if endpoints[0].port is None else "one"))
-            if endpoint in endpoints[:position]:
-                self.fail("to_destination", texts[position], "is listed twice")
+        if len(endpoints) > 1:
+            seen = set()
+            with_port = endpoints[0].port is not None
+            for position, endpoint in enumerate(endpoints):
+                if (endpoint.port is not None) != with_port:
+                    self.fail("to_destination", texts[position], "has %s port while %r has %s" % (
+                        "no" if endpoint.port is None else "a", texts[0], "none" if endpoints[0].port is None else "one"))
+                if endpoint in seen:
+                    self.fail("to_destination", texts[position], "is listed twice")
+                seen.add(endpoint)
         return tuple(endpoints)
 
     def family(self, declared):
@@ -320,9 +393,12 @@ class _RuleReader(object):
         return port
 
     def port_range(self, field, value):
-        if isinstance(value, bool) or not isinstance(value, (int, str)):
+        if isinstance(value, int) and not isinstance(value, bool):
+            port = self.port(field, value, value)
+            return PortRange(port, port)
+        if not isinstance(value, str):
             self.fail(field, value, "is not a port or a port range 'first-last'")
-        match = _PORT_RANGE_PATTERN.match(str(value))
+        match = _PORT_RANGE_PATTERN.fullmatch(value)
         if not match:
             self.fail(field, value, "is not a port or a port range 'first-last'")
         first = self.port(field, match.group(1), value)
@@ -332,7 +408,8 @@ class _RuleReader(object):
         return PortRange(first, last)
 
     def destination_ports(self):
-        return normalize_port_ranges(self.port_range("destination_ports", value) for value in self.items("destination_ports"))
+        ranges = [self.port_range("destination_ports", value) for value in self.items("destination_ports")]
+        return tuple(ranges) if len(ranges) < 2 else normalize_port_ranges(ranges)
 
     def to_ports(self):
         value = self.get("to_ports")
@@ -342,7 +419,7 @@ class _RuleReader(object):
         text = self.get(field)
         if text is None:
             return None
-        match = _MARK_PATTERN.match(str(text))
+        match = _MARK_PATTERN.fullmatch(str(text)) if _is_text(text) else None
         if not match:
             self.fail(field, text, "is not a mark 'value' or 'value/mask' (hex 0x... or decimal)")
         value, mask = [int(token, 0) if token.lower().startswith("0x") else int(token)
@@ -364,7 +441,7 @@ class _RuleReader(object):
         value = self.get(field)
         if value is None:
             return None
-        if not isinstance(value, str) or not INTERFACE_PATTERN.match(value) or value in (".", ".."):
+        if not isinstance(value, str) or not INTERFACE_PATTERN.fullmatch(value) or value in (".", ".."):
             self.fail(field, value, "is not a valid interface name (1-15 characters from A-Z a-z 0-9 _ . -)")
         if chain not in allowed_chains:
             self.fail(field, value, "cannot be matched in chain %s (only in %s)" % (chain, ", ".join(allowed_chains)))
@@ -377,6 +454,10 @@ def _require_given_with(reader, rule, negate_field, field):
         reader.fail(negate_field, True, "needs %s" % field)
 
 
+def _given(value):
+    return value not in (None, [], False)
+
+
 def rule_from_params(params, index):
     """Validate and normalize one user dict (one item of ``config``) into a NatRule.
 
@@ -384,14 +465,15 @@ def rule_from_params(params, index):
     """
     reader = _RuleReader(params, index)
     name = reader.name()
+    reader.check_keys()
     rule_type = reader.choice("type", RULE_TYPES)
     if rule_type is None:
         reader.fail("type", None, "is required (one of %s)" % ", ".join(RULE_TYPES))
     chain = reader.choice("chain", CHAINS) or DEFAULT_CHAIN[rule_type]
     if chain not in CHAINS_BY_TYPE[rule_type]:
         reader.fail("chain", chain, "is not valid for type %s (valid: %s)" % (rule_type, ", ".join(CHAINS_BY_TYPE[rule_type])))
-    for field, types in sorted(TARGET_TYPES.items()):
-        if params.get(field) not in (None, [], False) and rule_type not in types:
+    for field, types in _TARGET_TYPES_SORTED:
+        if rule_type not in types and _given(params.get(field)):
             reader.fail(field, params.get(field), "is not valid for type %s (only for %s)" % (rule_type, ", ".join(types)))
     required = REQUIRED_TARGET.get(rule_type)
     if required and params.get(required) in (None, []):
@@ -423,26 +505,31 @@ def rule_from_params(params, index):
         set_mark=reader.mark("set_mark"),
     )
     rule = rule._replace(family=reader.family(declared_family))
-    for negate_field, field in (("source_negate", "source"), ("destination_negate", "destination"),
-                                ("destination_type_negate", "destination_type"), ("mark_negate", "mark")):
+    for negate_field, field in _NEGATIONS:
         _require_given_with(reader, rule, negate_field, field)
-    uses_ports = (("destination_ports", bool(rule.destination_ports)), ("to_ports", rule.to_ports is not None),
-                  ("to_destination", any(endpoint.port for endpoint in rule.to_destination)))
-    for field, has_ports in uses_ports:
-        if has_ports and protocol is None:
-            reader.fail(field, params.get(field), "needs protocol (tcp, udp or sctp)")
+    if protocol is None:
+        uses_ports = (("destination_ports", bool(rule.destination_ports)), ("to_ports", rule.to_ports is not None),
+                      ("to_destination", any(endpoint.port for endpoint in rule.to_destination)))
+        for field, has_ports in uses_ports:
+            if has_ports:
+                reader.fail(field, params.get(field), "needs protocol (tcp, udp or sctp)")
     return rule
+
+
+_TARGET_TYPES_SORTED = sorted(TARGET_TYPES.items())
+_NEGATIONS = (("source_negate", "source"), ("destination_negate", "destination"),
+              ("destination_type_negate", "destination_type"), ("mark_negate", "mark"))
 
 
 def rule_names(config):
     """Validated names of ``config`` items, in order; fails on an invalid or duplicate name."""
-    names = []
+    positions = {}
     for index, params in enumerate(config):
         name = _RuleReader(params, index).name()
-        if name in names:
-            raise RuleError("config[%s] (name=%s): name: %r is already used by config[%s]" % (index, name, name, names.index(name)))
-        names.append(name)
-    return names
+        if name in positions:
+            raise RuleError("config[%s] (name=%s): name: %r is already used by config[%s]" % (index, name, name, positions[name]))
+        positions[name] = index
+    return list(positions)
 
 
 def rules_from_config(config):
@@ -513,3 +600,58 @@ def rule_to_params(rule):
         formatter = _PARAM_FORMATTERS.get(field)
         params[field] = formatter(value) if formatter else value
     return params
+
+
+def _port_range_of_param(value):
+    first, dummy, last = str(value).partition("-")
+    return PortRange(int(first), int(last or first))
+
+
+def _mark_of_param(text):
+    value, dummy, mask = text.partition("/")
+    return Mark(int(value, 16), int(mask, 16))
+
+
+def _endpoint_of_param(text):
+    if text.startswith("["):
+        address, dummy, port = text[1:].partition("]:")
+        return Endpoint(parse_address(address), int(port))
+    address, colon, port = text.rpartition(":")
+    if not colon or ":" in address:
+        return Endpoint(parse_address(text), None)
+    return Endpoint(parse_address(address), int(port))
+
+
+def _address_range_of_param(text):
+    first, dummy, last = text.partition("-")
+    return parse_address(first), parse_address(last or first)
+
+
+def _networks_of_param(texts):
+    return tuple(parse_network(text)[0] for text in texts)
+
+
+_PARAM_PARSERS = dict(
+    source=_networks_of_param,
+    destination=_networks_of_param,
+    destination_ports=lambda values: tuple(_port_range_of_param(value) for value in values),
+    mark=_mark_of_param,
+    set_mark=_mark_of_param,
+    ct_state=tuple,
+    to_source=_address_range_of_param,
+    to_destination=lambda texts: tuple(_endpoint_of_param(text) for text in texts),
+    to_ports=_port_range_of_param,
+)
+
+
+def rule_from_record(params):
+    """The NatRule of a ``rule_to_params`` dict that this collection wrote itself (a run record).
+
+    The inverse of rule_to_params without rule_from_params' validation, which such a dict has
+    passed already: reading back ten thousands of recorded rules stays cheap.
+    """
+    fields = dict(RULE_DEFAULTS)
+    for field, value in params.items():
+        parser = _PARAM_PARSERS.get(field)
+        fields[field] = parser(value) if parser else value
+    return NatRule(**fields)

@@ -14,13 +14,13 @@ import collections
 import ipaddress
 import os
 
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import BackendError, entry_rule
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import (
     BackendUnavailable, mixed_backends, select_backend, xtables_listings,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.conntrack import MAX_KEY
 from ansible_collections.nodenet.nat.plugins.module_utils.forwarding import BRIDGE_KEYS, IPV4_FORWARD, IPV6_FORWARD, conf_key
 from ansible_collections.nodenet.nat.plugins.module_utils.model import rule_to_params
-from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import NatRulesError, read_host
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import host_path, key_path, read_key, read_text
 
 DEFAULT_CONNTRACK_THRESHOLD = 90
@@ -280,8 +280,8 @@ def read_ruleset(requested, run_command, which, node):
     try:
         backend, facts["reason"] = select_backend(requested, run_command, which, listings)
         facts["name"] = backend.name
-        node.rules = read_host(backend, run_command).rules
-    except (BackendUnavailable, NatRulesError) as exc:
+        node.rules = [entry_rule(entry) for entry in backend.read(run_command).entries]
+    except (BackendUnavailable, BackendError) as exc:
         node.unreadable["rules"] = str(exc)
         facts["error"] = str(exc)
     facts.update(mixed_backends(listings))

@@ -3,31 +3,39 @@
 """The nat_rules engine: desired ruleset per state, compare with the host, apply one transaction.
 
 Nothing here imports AnsibleModule: commands run through a ``run_command(argv, data=None)``
-callable returning ``(rc, stdout, stderr)``, and the backend comes from a selector, so the
-whole flow is unit-testable with fakes.
+callable returning ``(rc, stdout, stderr)``, the backend comes from a selector and the lock and
+run record from a RecordStore, so the whole flow is unit-testable with fakes.
+
+Rulesets are lists of RuleEntry (backends/base.py). An entry read from the run record keeps the
+config item it was validated from; a config item equal to it is taken as is, without validating
+and compiling it again, which is what keeps a run over tens of thousands of unchanged rules cheap.
 """
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import binascii
+import contextlib
+import gc
+import os
 import re
 
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import BackendError, HostState, content, entry_params
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import BackendUnavailable, select_backend
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import VARIANT_OF_BACKEND, IptablesBackend
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import NftBackend
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
-    CHAINS, FAMILIES, RuleError, rule_from_params, rule_names, rule_to_params, rules_from_config,
+    CHAINS, FAMILIES, RuleError, rule_from_params, rule_names,
 )
+from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordError, RecordStore
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlError, read_text, write_file_atomic
 
 ACTION_STATES = ("merged", "replaced", "overridden", "deleted")
 OFFLINE_STATES = ("rendered", "parsed")
 STATES = ACTION_STATES + ("gathered",) + OFFLINE_STATES
-
+RESULT_RULES = ("changed", "all")
 # Where ``persist`` writes the owned ruleset when ``persist_path`` is not given.
 DEFAULT_PERSIST_PATHS = {"nft": "/etc/nftables.d/nodenet-nat.nft", "iptables": "/etc/iptables/nodenet-nat.rules"}
 PERSIST_HEADER = "# Managed by nodenet.nat.nat_rules (owned NAT rules only); changes here are overwritten.\n"
-
 # Fields whose value says which addresses a rule uses; giving one of them in ``merged``
 # re-infers the family instead of keeping the existing rule's.
 _ADDRESS_FIELDS = ("source", "destination", "to_source", "to_destination")
@@ -41,86 +49,134 @@ class NatRulesError(Exception):
         self.result = result or {}
 
 
+_RANKS = dict(((family, chain), rank) for rank, (family, chain) in enumerate((family, chain) for family in FAMILIES for chain in CHAINS))
+
+
 def canonical_order(rules):
-    """Rules grouped by family and chain, keeping the user's order inside each chain.
+    """Rules (or entries) grouped by family and chain, keeping the user's order inside each chain.
 
     Only the order within one chain of one family changes what the kernel does, so this
     is the order rulesets are compared and rendered in.
     """
-    return sorted(rules, key=lambda rule: (FAMILIES.index(rule.family), CHAINS.index(rule.chain)))
+    ranks = [_RANKS[rule.family, rule.chain] for rule in rules]
+    if all(first <= second for first, second in zip(ranks, ranks[1:])):
+        return list(rules)
+    return [rule for dummy_rank, dummy_index, rule in sorted(zip(ranks, range(len(ranks)), rules))]
+
+
+@contextlib.contextmanager
+def gc_paused():
+    """Pause the cyclic garbage collector: a run builds hundreds of thousands of acyclic objects, and
+    each automatic collection walks all of them (most of the run's time at 50k rules); reference
+    counting still frees everything."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def merge_params(existing, params):
-    """User dict ``params`` laid over the existing rule's fields (``state: merged``).
+    """User dict ``params`` laid over the existing rule's dict ``existing`` (``state: merged``).
 
     Given fields (not None) replace the existing ones; lists are replaced, not extended.
     A different ``type`` starts from scratch, since target fields do not carry over between types.
     """
     given = dict((field, value) for field, value in params.items() if value is not None)
-    if given.get("type", existing.type) != existing.type:
+    if given.get("type", existing["type"]) != existing["type"]:
         return given
-    merged = rule_to_params(existing)
+    merged = dict(existing)
     if "family" not in given and any(field in given for field in _ADDRESS_FIELDS):
         del merged["family"]
     merged.update(given)
     return merged
 
 
-def _put_in_place(current, rules):
-    """Current rules with same-named ones replaced in place; new ones appended in config order."""
-    by_name = dict((rule.name, rule) for rule in rules)
-    current_names = set(rule.name for rule in current)
-    kept = [by_name.get(rule.name, rule) for rule in current]
-    return kept + [rule for rule in rules if rule.name not in current_names]
+def _put_in_place(current, entries):
+    """Current entries with same-named ones replaced in place; new ones appended in config order."""
+    by_name = dict((entry.name, entry) for entry in entries)
+    current_names = set(entry.name for entry in current)
+    kept = [by_name.get(entry.name, entry) for entry in current]
+    return kept + [entry for entry in entries if entry.name not in current_names]
 
 
-def desired_rules(state, current, config):
-    """The owned ruleset ``state`` asks for, given the current owned rules; raises RuleError."""
+def _check_unique_names(config):
+    names = set()
+    for params in config:
+        name = params.get("name") if isinstance(params, dict) else None
+        if not isinstance(name, str) or name in names:
+            rule_names(config)      # the error naming the item (invalid or repeated name)
+        names.add(name)
+
+
+def config_entries(backend, config, known):
+    """Entries of the config items; an item equal to the one a ``known`` entry was validated from is that entry."""
+    _check_unique_names(config)
+    entries = []
+    for index, params in enumerate(config):
+        entry = known.get(params.get("name"))
+        if entry is None or entry.given != params:
+            entry = backend.entry(rule_from_params(params, index), given=params)
+        entries.append(entry)
+    return entries
+
+
+def desired_entries(backend, state, current, config):
+    """The owned entries ``state`` asks for, given the current owned entries; raises RuleError."""
+    existing = dict((entry.name, entry) for entry in current)
     if state == "merged":
-        rule_names(config)
-        existing = dict((rule.name, rule) for rule in current)
-        rules = [rule_from_params(merge_params(existing[params["name"]], params) if params["name"] in existing else params, index)
-                 for index, params in enumerate(config)]
-        return canonical_order(_put_in_place(current, rules))
+        _check_unique_names(config)
+        entries = []
+        for index, params in enumerate(config):
+            if params["name"] in existing:
+                rule = rule_from_params(merge_params(entry_params(existing[params["name"]]), params), index)
+                entries.append(backend.entry(rule))
+            else:
+                entries.append(backend.entry(rule_from_params(params, index), given=params))
+        return canonical_order(_put_in_place(current, entries))
     if state == "replaced":
-        return canonical_order(_put_in_place(current, rules_from_config(config)))
+        return canonical_order(_put_in_place(current, config_entries(backend, config, existing)))
     if state == "overridden":
-        return canonical_order(rules_from_config(config))
+        return canonical_order(config_entries(backend, config, existing))
     if state == "deleted":
         if not config:
             return []
         names = set(rule_names(config))
-        return [rule for rule in current if rule.name not in names]
+        return [entry for entry in current if entry.name not in names]
     raise ValueError("state %r has no desired ruleset" % state)
 
 
-def in_scope(rule, scope):
-    return not scope or rule.name.startswith(scope)
+def in_scope(entry, scope):
+    return not scope or entry.name.startswith(scope)
 
 
 def check_scope(config, scope):
     """Raise RuleError for a config rule whose name lies outside ``scope``."""
     for index, params in enumerate(config):
-        name = params.get("name") or ""
-        if not name.startswith(scope):
+        name = (params.get("name") if isinstance(params, dict) else None) or ""
+        if not isinstance(name, str) or not name.startswith(scope):
             raise RuleError("config[%d] (name=%s): name: %r does not start with the scope %r" % (index, name, name, scope))
 
 
 def splice_scope(current, scoped_desired, scope):
-    """The whole owned ruleset with the rules of ``scope`` replaced by ``scoped_desired``.
+    """The whole owned ruleset with the entries of ``scope`` replaced by ``scoped_desired``.
 
-    Other rules keep their order. In each chain the scope's rules go where its first rule
-    was, or after the other rules when it had none there, so that several callers, each
+    Other entries keep their order. In each chain the scope's entries go where its first entry
+    was, or after the other entries when it had none there, so that several callers, each
     with its own scope, converge to a stable order whatever order they run in.
     """
+    if not scope:
+        return scoped_desired
     positions = {}
-    for index, rule in enumerate(current):
-        if in_scope(rule, scope):
-            positions.setdefault((rule.family, rule.chain), index)
-    others = [(index, 0, rule) for index, rule in enumerate(current) if not in_scope(rule, scope)]
-    placed = [(positions.get((rule.family, rule.chain), len(current)), -1, rule) for rule in scoped_desired]
+    for index, entry in enumerate(current):
+        if in_scope(entry, scope):
+            positions.setdefault((entry.family, entry.chain), index)
+    others = [(index, 0, entry) for index, entry in enumerate(current) if not in_scope(entry, scope)]
+    placed = [(positions.get((entry.family, entry.chain), len(current)), -1, entry) for entry in scoped_desired]
     merged = sorted(others + placed, key=lambda item: item[:2])
-    return canonical_order([rule for dummy_index, dummy_tie, rule in merged])
+    return canonical_order([entry for dummy_index, dummy_tie, entry in merged])
 
 
 def script_lines(transactions):
@@ -129,33 +185,8 @@ def script_lines(transactions):
 
 
 def describe_transactions(transactions):
-    return [dict(family=transaction.family, argv=list(transaction.apply_argv), script=transaction.text)
+    return [dict(families=list(transaction.families), argv=list(transaction.apply_argv), lines=transaction.text.count("\n"))
             for transaction in transactions]
-
-
-def _run_transactions(run_command, transactions, argv_field, what):
-    for transaction in transactions:
-        argv = list(getattr(transaction, argv_field))
-        rc, dummy, err = run_command(argv, data=transaction.text)
-        if rc != 0:
-            raise NatRulesError("%s of the %s ruleset failed (rc=%s) running %s: %s"
-                                % (what, transaction.family, rc, " ".join(argv), err.strip()))
-
-
-def read_host(backend, run_command):
-    """HostState of the owned objects, from the backend's read-only list commands."""
-    outputs = {}
-    for family, argv in backend.list_commands():
-        rc, out, err = run_command(list(argv))
-        if rc != 0 and not backend.listing_absent(err):
-            raise NatRulesError("reading the %s ruleset failed (rc=%s) running %s: %s" % (family, rc, " ".join(argv), err.strip()))
-        outputs[family] = out if rc == 0 else None
-    return backend.parse(outputs)
-
-
-def host_drift(host):
-    """What the backend would rewrite although the rules compare equal (hand edits, missing jumps)."""
-    return list(host.facts.get("unrecognized", []))
 
 
 def offline_backend(name):
@@ -188,8 +219,8 @@ def persist_files(backend, desired, persist_path):
     path = persist_path or DEFAULT_PERSIST_PATHS[kind]
     paths = dict((family, path) for family in FAMILIES) if kind == "nft" else {"ipv4": path, "ipv6": path + "6"}
     files = dict((file_path, PERSIST_HEADER) for file_path in paths.values())
-    for transaction in backend.render(desired, HostState([], {})):
-        files[paths[transaction.family]] += transaction.text
+    for transaction in backend.render(desired, HostState([], {}), None):
+        files[paths[transaction.families[0]]] += transaction.text
     return files
 
 
@@ -204,8 +235,30 @@ def _persist(backend, desired, persist_path, check_mode):
     return changed
 
 
-def _as_params(rules):
-    return [rule_to_params(rule) for rule in rules]
+def new_token():
+    """A token naming one run (nft puts it in the owned tables' marker chain)."""
+    return binascii.hexlify(os.urandom(8)).decode("ascii")
+
+
+class _Change(object):
+    """What one run computed from one read of the host."""
+
+    def __init__(self, host, desired, scope):
+        self.host = host
+        self.current = canonical_order(host.entries)
+        self.scoped_current = [entry for entry in self.current if in_scope(entry, scope)]
+        self.desired = desired
+        self.drift = list(host.facts.get("unrecognized", []))
+
+    @property
+    def learned(self):
+        """Whether the desired entries know more than the record (config items to skip next time)."""
+        return not self.host.facts.get("from_record") or any(
+            desired is not current for desired, current in zip(self.desired, self.current))
+
+    @property
+    def needed(self):
+        return bool(self.drift) or [content(entry) for entry in self.desired] != [content(entry) for entry in self.current]
 
 
 class NatRulesRun(object):
@@ -213,25 +266,29 @@ class NatRulesRun(object):
 
     ``select_backend(requested)`` -> (NatBackend, reason) may run read-only commands (state
     ``auto`` detection); ``offline_backend(name)`` -> NatBackend must not (rendered, parsed).
+    ``store`` is the RecordStore (lock and run record) of the host.
     """
 
-    def __init__(self, params, run_command, select_backend, offline_backend, check_mode=False, diff=False):
+    def __init__(self, params, run_command, select_backend, offline_backend, store, check_mode=False, diff=False):
         self.params = params
         self.run_command = run_command
         self.select_backend = select_backend
         self.offline_backend = offline_backend
+        self.store = store
         self.check_mode = check_mode
         self.diff = diff
+        self.scope = params.get("scope") or ""
 
     def run(self):
         """The result dict; raises NatRulesError (bad input, failing command)."""
         state = self.params["state"]
         config = self.params.get("config") or []
         try:
-            if state in OFFLINE_STATES:
-                return self._offline(state, config)
-            return self._online(state, config)
-        except RuleError as error:
+            with gc_paused():
+                if state in OFFLINE_STATES:
+                    return self._offline(state, config)
+                return self._online(state, config)
+        except (RuleError, BackendError, RecordError) as error:
             raise NatRulesError(str(error))
 
     def _offline(self, state, config):
@@ -242,15 +299,16 @@ class NatRulesRun(object):
         backend = self.offline_backend(requested)
         result = dict(changed=False, backend=backend.name, backend_reason="requested")
         if state == "rendered":
-            transactions = backend.render(canonical_order(rules_from_config(config)), HostState([], {}))
+            entries = canonical_order(config_entries(backend, config, {}))
+            transactions = backend.render(backend.normalize(entries), HostState([], {}), None)
             result.update(rendered=script_lines(transactions), transactions=describe_transactions(transactions))
             return result
         running_config = self.params.get("running_config")
         if running_config is None:
             raise NatRulesError("running_config: is required with state parsed")
         host = backend.parse({running_config_family(running_config): running_config})
-        result["parsed"] = _as_params(host.rules)
-        drift = host_drift(host)
+        result["parsed"] = [entry_params(entry) for entry in host.entries]
+        drift = host.facts.get("unrecognized")
         if drift:
             result["drift"] = drift
         return result
@@ -261,53 +319,95 @@ class NatRulesRun(object):
         except BackendUnavailable as error:
             raise NatRulesError(str(error))
         result = dict(changed=False, backend=backend.name, backend_reason=reason)
-        scope = self.params.get("scope") or ""
-        check_scope(config, scope)
-        current = read_host(backend, self.run_command)
+        check_scope(config, self.scope)
         if state == "gathered":
-            result["gathered"] = _as_params([rule for rule in current.rules if in_scope(rule, scope)])
+            host = backend.read(self.run_command)
+            result["gathered"] = [entry_params(entry) for entry in canonical_order(host.entries) if in_scope(entry, self.scope)]
             return result
-        current_rules = canonical_order(current.rules)
-        scoped_current = [rule for rule in current_rules if in_scope(rule, scope)]
-        desired = splice_scope(current_rules, desired_rules(state, scoped_current, config), scope)
-        result.update(before=_as_params(scoped_current), commands=[], transactions=[])
-        after = desired
-        drift = host_drift(current)
-        if drift:
-            result["drift"] = drift
-        if desired != current_rules or drift:
-            transactions = backend.render(desired, current)
-            result.update(changed=True, commands=script_lines(transactions), transactions=describe_transactions(transactions))
-            try:
-                # Every family validates before any applies, so a bad input changes nothing.
-                _run_transactions(self.run_command, transactions, "check_argv", "validation")
-                if not self.check_mode:
-                    _run_transactions(self.run_command, transactions, "apply_argv", "applying")
-            except NatRulesError as error:
-                error.result = result
-                raise
-            if not self.check_mode:
-                after = canonical_order(read_host(backend, self.run_command).rules)
-                if after != desired:
-                    result["warnings"] = ["the %s ruleset read back after applying differs from the desired rules; "
-                                          "compare after with the config" % backend.name]
-        result["after"] = _as_params([rule for rule in after if in_scope(rule, scope)])
+        result.update(commands=[], transactions=[])
+        with self.store:
+            record = self.store.load(backend.name)
+            change = self._compute(backend, state, config, backend.read(self.run_command, record))
+            if change.needed:
+                try:
+                    self._apply(backend, change, result)
+                except NatRulesError:
+                    if not change.host.facts.get("from_record") or self.check_mode:
+                        raise
+                    # The host no longer holds what the record says (a hand edit kept the stamp):
+                    # read it in full and try once more.
+                    change = self._compute(backend, state, config, backend.read(self.run_command))
+                    self._apply(backend, change, result)
+            elif change.host.facts.get("stamp") and not self.check_mode and change.learned:
+                self.store.save(backend.name, change.host.facts["stamp"], change.desired)
+        if change.drift:
+            result["drift"] = change.drift
+        self._report(change, result)
         if self.params.get("persist"):
             try:
-                result["persisted"] = _persist(backend, desired, self.params.get("persist_path"), self.check_mode)
+                result["persisted"] = _persist(backend, change.desired, self.params.get("persist_path"), self.check_mode)
             except SysctlError as error:
                 raise NatRulesError(str(error), result)
             result["changed"] = result["changed"] or bool(result["persisted"])
+        return result
+
+    def _compute(self, backend, state, config, host):
+        current = canonical_order(host.entries)
+        scoped = [entry for entry in current if in_scope(entry, self.scope)]
+        desired = backend.normalize(splice_scope(current, desired_entries(backend, state, scoped, config), self.scope))
+        return _Change(host, desired, self.scope)
+
+    def _apply(self, backend, change, result):
+        """Validate (check mode) or apply the change's transactions, then record the new state."""
+        token = new_token()
+        transactions = backend.render(change.desired, change.host, token)
+        result.update(changed=True, commands=script_lines(transactions), transactions=describe_transactions(transactions))
+        try:
+            if self.check_mode or len(transactions) > 1:
+                # Several transactions (iptables: one per family) all validate before any applies.
+                self._run_all(transactions, "check_argv", "validation")
+            if not self.check_mode:
+                # One transaction is atomic by itself: nft and iptables-restore apply all of it or none.
+                self._run_all(transactions, "apply_argv", "applying")
+        except NatRulesError as error:
+            error.result = result
+            raise
+        if not self.check_mode:
+            self.store.save(backend.name, backend.applied_stamp(self.run_command, token), change.desired)
+
+    def _run_all(self, transactions, argv_field, what):
+        for transaction in transactions:
+            argv = list(getattr(transaction, argv_field))
+            rc, dummy, err = self.run_command(argv, data=transaction.text)
+            if rc != 0:
+                raise NatRulesError("%s of the %s ruleset failed (rc=%s) running %s: %s"
+                                    % (what, " and ".join(transaction.families), rc, " ".join(argv), err.strip()))
+
+    def _report(self, change, result):
+        """before, after and summary; with result_rules=changed only the rules that differ are listed."""
+        before = change.scoped_current
+        after = [entry for entry in change.desired if in_scope(entry, self.scope)]
+        before_by_name = dict((entry.name, entry) for entry in before)
+        after_by_name = dict((entry.name, entry) for entry in after)
+        added = [name for name in after_by_name if name not in before_by_name]
+        removed = [name for name in before_by_name if name not in after_by_name]
+        modified = [name for name, entry in after_by_name.items()
+                    if name in before_by_name and content(before_by_name[name]) != content(entry)]
+        result["summary"] = dict(before=len(before), after=len(after), added=len(added), removed=len(removed), changed=len(modified))
+        if self.params.get("result_rules") != "all":
+            shown = set(added + removed + modified)
+            before = [entry for entry in before if entry.name in shown]
+            after = [entry for entry in after if entry.name in shown]
+        result.update(before=[entry_params(entry) for entry in before], after=[entry_params(entry) for entry in after])
         if self.diff:
             # Mappings, which the callbacks serialize into text before diffing.
             result["diff"] = dict(before=dict(rules=result["before"]), after=dict(rules=result["after"]))
-        return result
 
 
-def run_nat_rules(params, run_command, which, check_mode=False, diff=False):
+def run_nat_rules(params, run_command, which, check_mode=False, diff=False, store=None):
     """The module's result for ``params`` on this host; raises NatRulesError.
 
     ``run_command(argv, data=None)`` -> (rc, stdout, stderr); ``which(name)`` -> path or None.
     """
     return NatRulesRun(params, run_command, lambda requested: select_backend(requested, run_command, which), offline_backend,
-                       check_mode=check_mode, diff=diff).run()
+                       store or RecordStore(), check_mode=check_mode, diff=diff).run()

@@ -153,14 +153,14 @@ def file_problem(path):
 
 
 def write_file_atomic(path, text, mode=0o644):
-    """Replace ``path`` with ``text`` atomically (temp file in the same directory, then rename)."""
+    """Replace ``path`` with ``text`` (str, or bytes) atomically (temp file in the same directory, then rename)."""
     directory = os.path.dirname(path)
     temp_path = None
     try:
         if not os.path.isdir(directory):
             os.makedirs(directory, 0o755)
         fd, temp_path = tempfile.mkstemp(prefix=".%s." % os.path.basename(path), dir=directory)
-        with os.fdopen(fd, "w") as handle:
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())

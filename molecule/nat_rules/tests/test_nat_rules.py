@@ -74,7 +74,10 @@ def backend(host):
 
 
 def nat_rules(host, **args):
+    """The module's result; before and after list every owned rule (result_rules: all)."""
     args.setdefault("backend", backend(host))
+    if args.get("state") not in ("gathered", "rendered", "parsed"):
+        args.setdefault("result_rules", "all")
     return host.ansible("nodenet.nat.nat_rules", json.dumps(args), check=False)
 
 
@@ -185,16 +188,20 @@ def render_offline(backend_name):
 def check_rendered(host):
     result = render_offline(backend(host))
     assert not result["changed"]
-    assert {transaction["family"] for transaction in result["transactions"]} == {"ipv4", "ipv6"}
+    assert {family for transaction in result["transactions"] for family in transaction["families"]} == {"ipv4", "ipv6"}
     for name in NAMES:
         assert any(name in line for line in result["rendered"]), name
     before = owned_listing(host)
+    lines = list(result["rendered"])
     for transaction in result["transactions"]:
+        script = "\n".join(lines[:transaction["lines"]]) + "\n"
+        del lines[:transaction["lines"]]
         if backend(host) == "nft":
             check = "nft -c -f -"
         else:
-            check = "%s-restore --test --noflush" % LISTINGS[backend(host)][transaction["family"]].split("-save")[0]
-        host.check_output("printf %s %s | " + check, "%s", transaction["script"])
+            check = "%s-restore --test --noflush" % LISTINGS[backend(host)][transaction["families"][0]].split("-save")[0]
+        host.check_output("printf %s %s | " + check, "%s", script)
+    assert lines == []
     assert owned_listing(host) == before
 
 

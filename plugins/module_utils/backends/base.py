@@ -1,23 +1,67 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The interface every ruleset backend implements.
+"""The interface every ruleset backend implements, and the rule entry they all work on.
 
-Backends are pure: they turn a list of NatRule into the text of one transaction per
-family and parse the host's listing back into NatRule. Running commands is the caller's job,
-so everything here is unit-testable offline.
+A backend compiles each NatRule once into a JSON-ready ``compiled`` form (its own: nft rule and
+map-element texts, iptables lines) and renders transactions from lists of RuleEntry. Entries, not
+rules, are what runs compare and what the run record keeps, so that rules unchanged since the
+last run are neither validated nor compiled again: at tens of thousands of rules, building the
+rule objects is what would cost most.
+
+Backends run read-only commands only (``read``); applying a transaction is the caller's job.
 """
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
 
-# One transaction: ``text`` is fed on stdin to ``check_argv`` (validation, changes nothing)
-# and then to ``apply_argv``.
-Transaction = collections.namedtuple("Transaction", ["family", "text", "check_argv", "apply_argv"])
+from ansible_collections.nodenet.nat.plugins.module_utils.model import rule_from_params, rule_from_record, rule_to_params
 
-# What a backend found on the host: the owned rules plus backend facts the renderer needs
-# (for iptables: which owned chains and jump rules exist; for nft: which owned tables exist).
-HostState = collections.namedtuple("HostState", ["rules", "facts"])
+# One transaction: ``text`` is fed on stdin to ``check_argv`` (validation, changes nothing) or to
+# ``apply_argv``; ``families`` are those it changes. One transaction is atomic by itself.
+Transaction = collections.namedtuple("Transaction", ["families", "text", "check_argv", "apply_argv"])
+
+# What a backend found on the host: the owned rules as entries, plus backend facts the renderer
+# needs (which owned tables, chains, jumps exist; ``unrecognized``: owned objects it did not write;
+# ``stamp``: what identifies this state in a run record, or None).
+HostState = collections.namedtuple("HostState", ["entries", "facts"])
+
+# One rule: its identity and place (name, family, chain), the backend's ``compiled`` form, where
+# it came from (``given``: the user's config item it was validated from, None when it was read from
+# the host or merged) and its rule_to_params dict (``params``; a run record keeps only one of
+# ``given`` and ``params``, so an entry read from a record may have None there).
+RuleEntry = collections.namedtuple("RuleEntry", ["name", "family", "chain", "compiled", "given", "params"])
+
+
+class BackendError(Exception):
+    """A read-only command failed; the message names the command and what it printed."""
+
+
+def run_listing(run_command, argv, what):
+    """stdout of a read-only command; raises BackendError when it fails."""
+    rc, out, err = run_command(list(argv))
+    if rc != 0:
+        raise BackendError("reading the %s failed (rc=%s) running %s: %s" % (what, rc, " ".join(argv), err.strip()))
+    return out
+
+
+def content(entry):
+    """What makes two entries the same rule in the same place."""
+    return entry.name, entry.family, entry.chain, entry.compiled
+
+
+def entry_params(entry):
+    """The user-facing dict (rule_to_params) of an entry."""
+    if entry.params is not None:
+        return entry.params
+    return rule_to_params(rule_from_params(entry.given, 0))
+
+
+def entry_rule(entry):
+    """The NatRule of an entry."""
+    if entry.params is not None:
+        return rule_from_record(entry.params)
+    return rule_from_params(entry.given, 0)
 
 
 class NatBackend(object):
@@ -25,25 +69,39 @@ class NatBackend(object):
 
     name = None
 
-    def list_commands(self):
-        """[(family, argv)]: commands whose stdout ``parse`` reads (read-only)."""
+    def compile(self, rule):
+        """The JSON-ready compiled form of one NatRule; raises RuleError for a rule it cannot write."""
         raise NotImplementedError
 
-    def listing_absent(self, err):
-        """Whether a failed list command means "nothing owned here" rather than an error."""
-        return False
+    def entry(self, rule, given=None):
+        """The RuleEntry of ``rule``; ``given`` is the config item it was validated from."""
+        return RuleEntry(rule.name, rule.family, rule.chain, self.compile(rule), given, rule_to_params(rule))
+
+    def read(self, run_command, record=None):
+        """HostState of the owned objects, from read-only commands.
+
+        ``record`` (run_record.RunRecord or None) holds the entries the last changing run left; when
+        the host still carries that run's stamp, the backend takes its entries instead of reading
+        every owned rule. Raises BackendError.
+        """
+        raise NotImplementedError
 
     def parse(self, outputs):
-        """HostState from {family: stdout of the list command, or None when listing_absent}.
+        """HostState from {family: the text of one list command} (offline; state parsed)."""
+        raise NotImplementedError
 
-        Foreign objects are ignored.
+    def normalize(self, entries):
+        """``entries`` (canonical order) in the order a read of the host gives them back."""
+        return list(entries)
+
+    def render(self, desired, current, token):
+        """[Transaction] that makes the owned objects hold exactly the entries ``desired``.
+
+        ``current`` is the HostState read before; ``token`` identifies this run (a backend may
+        write it to the host as its stamp). An empty ``desired`` removes every owned object.
         """
         raise NotImplementedError
 
-    def render(self, rules, current):
-        """[Transaction] that makes the owned objects hold exactly ``rules`` given HostState ``current``.
-
-        An empty ``rules`` removes every owned object. Families with nothing owned before or after
-        produce no transaction.
-        """
+    def applied_stamp(self, run_command, token):
+        """The stamp of the host after this run's transactions applied (for the run record)."""
         raise NotImplementedError

@@ -13,7 +13,7 @@ import subprocess
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState, content
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import IptablesBackend, UnsupportedRule
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     CHAINS_BY_TYPE, CT_STATES, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS,
@@ -24,6 +24,19 @@ from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import canon
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "iptables")
 VARIANTS = ("nft", "legacy")
 NO_STATE = HostState([], {})
+
+
+def entries(backend, rules):
+    """Entries of ``rules`` in the order the engine renders them."""
+    return canonical_order([backend.entry(rule) for rule in rules])
+
+
+def contents(entries_list):
+    return [content(entry) for entry in entries_list]
+
+
+def render(backend, rules, state=NO_STATE):
+    return backend.render(entries(backend, rules), state, "token")
 
 
 def fixture(name):
@@ -71,17 +84,17 @@ FOREIGN_V4 = ["-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER", "-A POSTRO
 def test_parse_recorded_listing_gives_owned_rules_only(variant):
     state = IptablesBackend(variant).parse({"ipv4": fixture("owned-%s.ipv4.save" % variant),
                                             "ipv6": fixture("owned-%s.ipv6.save" % variant)})
-    assert state.rules == RECORDED_V4 + RECORDED_V6
+    assert contents(state.entries) == contents(entries(IptablesBackend(variant), RECORDED_V4 + RECORDED_V6))
     assert state.facts["unrecognized"] == []
     assert state.facts["ipv4"]["chains"] == ["NODENET-POSTROUTING", "NODENET-PREROUTING"]
-    assert state.facts["ipv4"]["jumps"] == {
+    assert dict((chain, [spec for spec, dummy in jumps]) for chain, jumps in state.facts["ipv4"]["jumps"].items()) == {
         "PREROUTING": ["-m comment --comment nodenet-nat -j NODENET-PREROUTING"],
         "POSTROUTING": ["-m comment --comment nodenet-nat -j NODENET-POSTROUTING"]}
 
 
 def test_parse_reads_only_the_nat_table_of_a_full_listing():
     state = IptablesBackend("legacy").parse({"ipv4": fixture("owned-legacy.all.save")})
-    assert state.rules == RECORDED_V4
+    assert contents(state.entries) == contents(entries(IptablesBackend("legacy"), RECORDED_V4))
 
 
 def test_parse_without_owned_objects_is_empty():
@@ -91,7 +104,8 @@ def test_parse_without_owned_objects_is_empty():
 
 def test_parse_reports_drift_it_cannot_express_as_rules():
     state = IptablesBackend("nft").parse({"ipv4": fixture("drift-nft.ipv4.save")})
-    assert state.rules == [make_rule(name="egress", type="masquerade", chain="postrouting", family="ipv4", source=(net("10.0.0.0/8"),))]
+    egress = make_rule(name="egress", type="masquerade", chain="postrouting", family="ipv4", source=(net("10.0.0.0/8"),))
+    assert contents(state.entries) == contents(entries(IptablesBackend("nft"), [egress]))
     drift = "\n".join(state.facts["unrecognized"])
     for expected in ("NODENET-OLD: chain this collection does not use",
                      "NODENET-INPUT: owned chain without rules",
@@ -116,8 +130,8 @@ def test_parse_reports_lines_of_one_rule_that_disagree():
 def test_first_render_declares_chains_and_inserts_jumps_on_top():
     rule = make_rule(name="egress", type="masquerade", chain="postrouting", family="ipv4", source=(net("10.244.0.0/16"),),
                      destination=(net("10.0.0.0/8"),), destination_negate=True, random_fully=True)
-    [transaction] = IptablesBackend("nft").render([rule], NO_STATE)
-    assert transaction.family == "ipv4"
+    [transaction] = render(IptablesBackend("nft"), [rule])
+    assert transaction.families == ("ipv4",)
     assert transaction.check_argv == ["iptables-nft-restore", "-w", "--test", "--noflush"]
     assert transaction.apply_argv == ["iptables-nft-restore", "-w", "--noflush"]
     assert transaction.text == (
@@ -131,8 +145,8 @@ def test_first_render_declares_chains_and_inserts_jumps_on_top():
 def test_legacy_variant_uses_legacy_binaries_for_both_families():
     backend = IptablesBackend("legacy")
     assert backend.name == "iptables-legacy"
-    assert backend.list_commands() == [("ipv4", ["iptables-legacy-save", "-t", "nat"]), ("ipv6", ["ip6tables-legacy-save", "-t", "nat"])]
-    [transaction] = backend.render(RECORDED_V6, NO_STATE)
+    assert [backend.list_argv(family) for family in FAMILIES] == [["iptables-legacy-save", "-t", "nat"], ["ip6tables-legacy-save", "-t", "nat"]]
+    [transaction] = render(backend, RECORDED_V6)
     assert transaction.apply_argv == ["ip6tables-legacy-restore", "-w", "--noflush"]
 
 
@@ -141,19 +155,25 @@ def test_unknown_variant_is_refused():
         IptablesBackend("xtables")
 
 
-def test_render_against_recorded_state_keeps_existing_jumps():
+def test_render_against_recorded_state_edits_only_the_lines_that_differ():
     backend = IptablesBackend("nft")
     state = backend.parse({"ipv4": fixture("owned-nft.ipv4.save"), "ipv6": fixture("owned-nft.ipv6.save")})
-    transactions = backend.render(state.rules, state)
-    assert [transaction.family for transaction in transactions] == ["ipv4", "ipv6"]
-    for transaction in transactions:
-        assert not [line for line in transaction.text.splitlines() if line.startswith(("-I", "-D", "-X"))]
+    assert backend.render(state.entries, state, "token") == []
+    changed = [rule._replace(random_fully=False) if rule.name == "egress" else rule for rule in RECORDED_V4] + RECORDED_V6
+    [transaction] = render(backend, changed, state)
+    assert transaction.text == (
+        "*nat\n"
+        "-D NODENET-POSTROUTING 2\n"
+        "-D NODENET-POSTROUTING 2\n"
+        '-I NODENET-POSTROUTING 2 -s 10.244.0.0/16 -o eth0 -m comment --comment "egress" -j MASQUERADE\n'
+        '-I NODENET-POSTROUTING 3 -s 10.245.0.0/16 -o eth0 -m comment --comment "egress" -j MASQUERADE\n'
+        "COMMIT\n")
 
 
 def test_render_nothing_removes_every_owned_object_and_nothing_else():
     backend = IptablesBackend("nft")
     state = backend.parse({"ipv4": fixture("owned-nft.ipv4.save")})
-    [transaction] = backend.render([], state)
+    [transaction] = backend.render([], state, "token")
     assert transaction.text == (
         "*nat\n"
         ":NODENET-POSTROUTING - [0:0]\n"
@@ -166,7 +186,7 @@ def test_render_nothing_removes_every_owned_object_and_nothing_else():
 
 
 def test_render_nothing_on_a_clean_host_is_no_transaction():
-    assert IptablesBackend("nft").render([], IptablesBackend("nft").parse({})) == []
+    assert IptablesBackend("nft").render([], IptablesBackend("nft").parse({}), "token") == []
 
 
 @pytest.mark.parametrize("field", ["source", "destination"])
@@ -174,7 +194,7 @@ def test_negated_match_of_several_networks_is_refused_naming_rule_and_field(fiel
     rule = make_rule(name="egress", type="masquerade", chain="postrouting", family="ipv4",
                      **{field: (net("10.0.0.0/8"), net("192.168.0.0/16")), field + "_negate": True})
     with pytest.raises(UnsupportedRule, match=r"rule 'egress': %s_negate needs exactly one network in %s .* got 2" % (field, field)):
-        IptablesBackend("nft").render([rule], NO_STATE)
+        IptablesBackend("nft").compile(rule)
     assert issubclass(UnsupportedRule, RuleError)
 
 
@@ -182,7 +202,7 @@ def test_dnat_cascade_probabilities_and_multiport_groups():
     ports = tuple(PortRange(port, port) for port in range(1000, 1040, 2))    # 20 ports: groups of 15 and 5
     rule = make_rule(name="svc", type="dnat", chain="prerouting", family="ipv4", protocol="tcp", destination_ports=ports,
                      to_destination=tuple(Endpoint(addr("10.0.0.%d" % host), 80) for host in (1, 2, 3)))
-    [transaction] = IptablesBackend("nft").render([rule], NO_STATE)
+    [transaction] = render(IptablesBackend("nft"), [rule])
     lines = [line for line in transaction.text.splitlines() if line.startswith("-A")]
     assert len(lines) == 6
     assert [line.count(",") + 1 for line in lines] == [15, 15, 15, 5, 5, 5]
@@ -217,7 +237,8 @@ class Netns(object):
             path.write_text(text)
             commands.append("%s < %s" % (" ".join(shlex.quote(arg) for arg in argv), shlex.quote(str(path))))
         marker = "@@family@@"
-        for family, argv in self.backend.list_commands():
+        for family in FAMILIES:
+            argv = self.backend.list_argv(family)
             commands.append("echo %s%s && %s" % (marker, family, " ".join(shlex.quote(arg) for arg in argv)))
         result = subprocess.run(["unshare", "--net", "--", "sh", "-ec", "\n".join(commands)],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
@@ -231,7 +252,7 @@ class Netns(object):
     def apply(self, rules, before_steps=()):
         """Apply ``before_steps``, read the state, render ``rules`` against it, check and apply: (outputs, transactions)."""
         before = self.backend.parse(self.run(before_steps))
-        transactions = self.backend.render(rules, before)
+        transactions = self.backend.render(entries(self.backend, rules), before, "token")
         steps = list(before_steps)
         for transaction in transactions:
             steps += [(transaction.check_argv, transaction.text), (transaction.apply_argv, transaction.text)]
@@ -254,10 +275,11 @@ def test_round_trip_both_families_and_second_render_changes_nothing(variant, tmp
     rules = RECORDED_V4 + RECORDED_V6
     outputs, steps = lab.apply(rules)
     state = backend.parse(outputs)
-    assert state.rules == rules
+    assert contents(state.entries) == contents(entries(backend, rules))
     assert state.facts["unrecognized"] == []
-    # Applying the next run's script on top of the first gives the same listing: no duplicate jump.
-    again = backend.render(rules, state)
+    # The next run finds nothing to do, and a full rewrite on top of the first gives the same listing: no duplicate jump.
+    assert backend.render(entries(backend, rules), state, "token") == []
+    again = backend.render(entries(backend, rules), state._replace(facts=dict(state.facts, unrecognized=["force a rewrite"])), "token")
     assert all("-I " not in transaction.text for transaction in again)
     outputs_again = lab.run(steps + [(transaction.apply_argv, transaction.text) for transaction in again])
     assert [_rule_lines(outputs_again[family]) for family in FAMILIES] == [_rule_lines(outputs[family]) for family in FAMILIES]
@@ -273,7 +295,7 @@ def test_foreign_rules_survive_a_new_ruleset_and_the_removal_of_all_rules(varian
     assert set(FOREIGN_V4) <= set(_rule_lines(outputs["ipv4"]))
     # A different ruleset replaces ours; then nothing removes every owned object.
     outputs, steps = lab.apply([RECORDED_V4[0]], steps)
-    assert backend.parse(outputs).rules == [RECORDED_V4[0]]
+    assert contents(backend.parse(outputs).entries) == contents(entries(backend, [RECORDED_V4[0]]))
     assert set(FOREIGN_V4) <= set(_rule_lines(outputs["ipv4"]))
     outputs, dummy = lab.apply([], steps)
     assert _rule_lines(outputs["ipv4"]) == FOREIGN_V4
@@ -287,7 +309,7 @@ def test_render_repairs_drift_recorded_on_a_host(tmp_path):
     wanted = [make_rule(name="egress", type="masquerade", chain="postrouting", family="ipv4", source=(net("10.0.0.0/8"),))]
     outputs, dummy = lab.apply(wanted, [(_restore_argv("nft"), fixture("drift-nft.ipv4.save"))])
     state = backend.parse(outputs)
-    assert (state.rules, state.facts["unrecognized"]) == (wanted, [])
+    assert (contents(state.entries), state.facts["unrecognized"]) == (contents(entries(backend, wanted)), [])
     assert state.facts["ipv4"]["chains"] == ["NODENET-POSTROUTING"]
 
 
@@ -296,7 +318,7 @@ def test_check_fails_before_anything_changes(tmp_path):
     """--test refuses a script the kernel would refuse (here: SNAT with ports but no protocol)."""
     rule = make_rule(name="bad", type="snat", chain="postrouting", family="ipv4",
                      to_source=(addr("192.0.2.1"), addr("192.0.2.1")), to_ports=PortRange(1000, 2000))
-    [transaction] = IptablesBackend("nft").render([rule], NO_STATE)
+    [transaction] = render(IptablesBackend("nft"), [rule])
     path = tmp_path / "bad.rules"
     path.write_text(transaction.text)
     result = subprocess.run(["unshare", "--net", "--", "sh", "-c", '"$0" "$@" < "%s"; iptables-nft-save -t nat' % path]
@@ -361,12 +383,26 @@ def nat_rules(draw, name):
 RULE_LISTS = st.integers(0, 6).flatmap(lambda count: st.tuples(*[nat_rules("rule-%d" % index) for index in range(count)]))
 
 
+@st.composite
+def changed_rule_lists(draw):
+    """A rule list and a second one with some rules edited, dropped or added (the delta path)."""
+    first = list(draw(RULE_LISTS))
+    second = [draw(nat_rules(rule.name)) if draw(st.integers(0, 2)) == 0 else rule for rule in first if draw(st.integers(0, 4))]
+    return first, second + [draw(nat_rules("added-%d" % index)) for index in range(draw(st.integers(0, 2)))]
+
+
 @netns
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rules=RULE_LISTS, variant=st.sampled_from(VARIANTS))
-def test_generated_rules_round_trip_through_the_kernel(rules, variant, tmp_path):
+@given(pair=changed_rule_lists(), variant=st.sampled_from(VARIANTS))
+def test_generated_rules_round_trip_and_change_through_the_kernel(pair, variant, tmp_path):
+    first, second = pair
     backend = IptablesBackend(variant)
-    outputs, dummy = Netns(backend, tmp_path).apply(list(rules))
+    lab = Netns(backend, tmp_path)
+    outputs, steps = lab.apply(first)
     state = backend.parse(outputs)
-    assert state.rules == canonical_order(rules)
+    assert contents(state.entries) == contents(entries(backend, first))
+    assert state.facts["unrecognized"] == []
+    outputs, dummy = lab.apply(second, steps)
+    state = backend.parse(outputs)
+    assert contents(state.entries) == contents(entries(backend, second))
     assert state.facts["unrecognized"] == []

@@ -75,7 +75,7 @@ INVALID = [
     (dict(name="web", type="dnat", out_interface="eth0", to_destination=["10.0.0.1"]), "out_interface: 'eth0' cannot be matched in chain prerouting"),
     (dict(WEB, out_interface="eth0 ; flush"), "out_interface: 'eth0 ; flush' is not a valid interface name"),
     (dict(WEB, out_interface="a-very-long-interface"), "out_interface: 'a-very-long-interface' is not a valid interface name"),
-    (dict(WEB, source_negate="yes"), "source_negate: 'yes' is not a boolean"),
+    (dict(WEB, source_negate="maybe"), "source_negate: 'maybe' is not a boolean"),
     (dict(WEB, name='web" ; drop'), "config[2]: name: 'web\" ; drop' is not a valid rule name"),
     (dict(WEB, name="-web"), "config[2]: name: '-web' is not a valid rule name"),
     (dict(WEB, name="x" * 65), "config[2]: name: '%s' is not a valid rule name" % ("x" * 65)),

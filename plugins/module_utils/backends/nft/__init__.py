@@ -1,0 +1,150 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The nftables backend: the collection owns ``table ip nodenet_nat`` and ``table ip6 nodenet_nat``.
+
+Each table holds the nat base chains ``prerouting`` (priority dstnat), ``input`` (100),
+``output`` (-100) and ``postrouting`` (srcnat), only those with rules, and the maps and shared
+chains of its keyed rules (compile.py). Nothing outside the two tables is read or written.
+
+Both families change in ONE ``nft -f`` script, one kernel transaction: all of it applies or none.
+A change whose tables keep their skeleton only adds and deletes map elements (script.py); any
+other change replaces the tables.
+
+Every table carries a marker chain ``state_<token>`` naming the run that last wrote it. Listing
+the chains of the ruleset is cheap (no rules, no map elements), so a run reads the marker first and,
+when the run record names the same token, takes the recorded entries instead of listing every
+element (run_record.py). The trust this takes: a hand edit of the owned tables' map elements
+that leaves the marker in place is not seen by nat_rules until a change fails to apply (then it
+reads everything and replaces the tables) or a full read runs (``state: gathered``, nat_info).
+"""
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import json
+
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import (
+    HostState, NatBackend, Transaction, run_listing,
+)
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft.compile import (
+    MARKER_PREFIX, NFT_FAMILIES, TABLE, compile_rule, normalize, skeleton, table_plan,
+)
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft.listing import parse_family
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft.script import delta_script, full_script
+from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES, RuleError
+
+CHECK_ARGV = ["nft", "-c", "-f", "-"]
+APPLY_ARGV = ["nft", "-f", "-"]
+LIST_CHAINS_ARGV = ["nft", "-j", "list", "chains"]
+_FAMILY_OF = dict((nft_family, family) for family, nft_family in NFT_FAMILIES.items())
+
+
+def list_table_argv(family):
+    return ["nft", "-j", "list", "table", NFT_FAMILIES[family], TABLE]
+
+
+def owned_tables(chains_listing):
+    """{family: [marker tokens]} of the owned tables in ``nft -j list chains`` output."""
+    tables = {}
+    for item in json.loads(chains_listing)["nftables"]:
+        chain = item.get("chain")
+        if chain is None or chain["table"] != TABLE or chain["family"] not in _FAMILY_OF:
+            continue
+        markers = tables.setdefault(_FAMILY_OF[chain["family"]], [])
+        if chain["name"].startswith(MARKER_PREFIX):
+            markers.append(chain["name"][len(MARKER_PREFIX):])
+    return tables
+
+
+def _common_stamp(markers):
+    """The token every owned table carries as its only marker, else None."""
+    tokens = set(tuple(found) for found in markers.values())
+    if len(tokens) == 1:
+        found, = tokens
+        if len(found) == 1:
+            return found[0]
+    return None
+
+
+class NftBackend(NatBackend):
+    """Compiles, renders and reads the owned ``nodenet_nat`` tables (see the module docstring)."""
+
+    name = "nft"
+
+    def compile(self, rule):
+        return compile_rule(rule)
+
+    def normalize(self, entries):
+        return normalize(entries)
+
+    def read(self, run_command, record=None):
+        markers = owned_tables(run_listing(run_command, LIST_CHAINS_ARGV, "nft chains"))
+        facts = {"tables": set(markers), "markers": markers, "stamp": _common_stamp(markers), "unrecognized": []}
+        if not markers:
+            return HostState([], facts)
+        if record is not None and facts["stamp"] is not None and record.stamp == facts["stamp"] \
+                and set(entry.family for entry in record.entries) == facts["tables"]:
+            return HostState(list(record.entries), dict(facts, from_record=True))
+        outputs = dict((family, run_listing(run_command, list_table_argv(family), "%s %s table" % (NFT_FAMILIES[family], TABLE)))
+                       for family in FAMILIES if family in markers)
+        entries, unrecognized = self._entries(outputs)
+        facts["unrecognized"] = unrecognized
+        return HostState(entries, facts)
+
+    def parse(self, outputs):
+        """HostState of {family: ``nft -j list table`` output} (offline); facts: ``tables`` and ``unrecognized``."""
+        present = dict((family, text) for family, text in outputs.items() if text and text.strip())
+        entries, unrecognized = self._entries(present)
+        return HostState(entries, {"tables": set(present), "unrecognized": unrecognized})
+
+    def _entries(self, outputs):
+        """(entries, unrecognized) of the listed tables, families in FAMILIES order."""
+        entries, unrecognized = [], []
+        for family in FAMILIES:
+            if family not in outputs:
+                continue
+            rules, family_unrecognized = parse_family(family, json.loads(outputs[family])["nftables"])
+            unrecognized += family_unrecognized
+            for rule in rules:
+                try:
+                    entries.append(self.entry(rule))
+                except RuleError as error:
+                    unrecognized.append("%s %s: %s" % (NFT_FAMILIES[family], TABLE, error))
+        return entries, unrecognized
+
+    def render(self, desired, current, token):
+        """One Transaction for both families: element changes when the skeletons stay, else the tables replaced."""
+        names = set()
+        for entry in desired:
+            if entry.name in names:
+                raise RuleError("nft: rule names must be unique; repeated: %s" % entry.name)
+            names.add(entry.name)
+        desired_plans = self._plans(desired)
+        present = current.facts.get("tables", set())
+        touched = [family for family in FAMILIES if family in present or desired_plans[family] is not None]
+        if not touched:
+            return []
+        text = None
+        if not current.facts.get("unrecognized") and all((family in present) == (desired_plans[family] is not None) for family in FAMILIES):
+            current_plans = self._plans(current.entries)
+            if all(self._same_skeleton(current_plans[family], desired_plans[family]) for family in FAMILIES):
+                text = delta_script(current_plans, desired_plans, current.facts.get("markers", {}), token)
+        if text is None:
+            text = full_script(desired_plans, present, token)
+        return [Transaction(tuple(touched), text, list(CHECK_ARGV), list(APPLY_ARGV))]
+
+    @staticmethod
+    def _plans(entries):
+        by_family = dict((family, []) for family in FAMILIES)
+        for entry in entries:
+            by_family[entry.family].append(entry)
+        return dict((family, table_plan(family, family_entries) if family_entries else None)
+                    for family, family_entries in by_family.items())
+
+    @staticmethod
+    def _same_skeleton(current, desired):
+        if current is None or desired is None:
+            return current is desired
+        return skeleton(current) == skeleton(desired)
+
+    def applied_stamp(self, run_command, token):
+        return token

@@ -1,0 +1,119 @@
+# -*- coding: utf-8 -*-
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The run record and the host lock of nat_rules.
+
+One run at a time per host (network namespace): a run holds an exclusive ``flock`` on
+``<dir>/lock`` from reading the host to writing the record, so two runs never compute from the
+same state and both apply.
+
+The record is what the last run that changed the owned rules left behind: its entries and the
+stamp it put on the host (nft: the token in the owned tables' marker chain; iptables: a digest of
+the owned lines as iptables-save prints them). A run whose host still carries that stamp takes
+the recorded entries instead of listing and parsing every owned rule, which is what makes a
+no-op or a one-rule change cheap at tens of thousands of rules. Anything else (no record, another
+stamp, an unreadable file, another format) falls back to reading the host in full.
+
+The directory is under /run: it goes away at boot, as the kernel's rules do. It is per network
+namespace, so that runs against several namespaces of one machine (tests, containers sharing
+/run) never share a record or a lock. The record is written with ``marshal`` (plain data only;
+several times faster than JSON at tens of thousands of entries) in a directory only root can
+write; a record this Python cannot read is simply not used.
+"""
+from __future__ import absolute_import, division, print_function
+__metaclass__ = type
+
+import collections
+import errno
+import fcntl
+import marshal
+import os
+import time
+
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import RuleEntry
+from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlError, write_file_atomic
+
+RECORD_ROOT = "/run/nodenet-nat"
+# Bump when a backend's compiled form changes: records of another version are not used.
+RECORD_VERSION = 1
+LOCK_TIMEOUT = 300
+_LOCK_POLL = 0.1
+
+RunRecord = collections.namedtuple("RunRecord", ["stamp", "entries"])
+
+
+class RecordError(Exception):
+    """The lock could not be taken, or the record directory not used; the message says why."""
+
+
+def namespace_directory(root=RECORD_ROOT):
+    """``root``/netns-<inode of this process's network namespace>."""
+    try:
+        inode = os.stat("/proc/self/ns/net").st_ino
+    except OSError:
+        return os.path.join(root, "default")
+    return os.path.join(root, "netns-%d" % inode)
+
+
+class RecordStore(object):
+    """The lock and the records of one network namespace, in ``directory``."""
+
+    def __init__(self, directory=None, lock_timeout=LOCK_TIMEOUT):
+        self.directory = directory or namespace_directory()
+        self.lock_timeout = lock_timeout
+        self._lock_file = None
+
+    def _path(self, backend_name):
+        return os.path.join(self.directory, "%s.record" % backend_name)
+
+    def __enter__(self):
+        try:
+            os.makedirs(self.directory, mode=0o700, exist_ok=True)
+            self._lock_file = open(os.path.join(self.directory, "lock"), "a")
+        except OSError as error:
+            raise RecordError("cannot use %s for the nat_rules lock: %s" % (self.directory, error.strerror))
+        deadline = time.monotonic() + self.lock_timeout
+        while True:
+            try:
+                fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return self
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    self._release()
+                    raise RecordError("another nat_rules run held %s for %d s; try again when it ended"
+                                      % (os.path.join(self.directory, "lock"), self.lock_timeout))
+                time.sleep(_LOCK_POLL)
+
+    def __exit__(self, *exc_info):
+        self._release()
+
+    def _release(self):
+        if self._lock_file is not None:
+            self._lock_file.close()     # closing releases the flock
+            self._lock_file = None
+
+    def load(self, backend_name):
+        """The RunRecord of ``backend_name``, or None (missing, unreadable, another version)."""
+        try:
+            with open(self._path(backend_name), "rb") as handle:
+                data = marshal.load(handle)
+            if data.get("version") != RECORD_VERSION:
+                return None
+            return RunRecord(data["stamp"], [RuleEntry(*fields) for fields in data["entries"]])
+        except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
+            return None
+
+    def save(self, backend_name, stamp, entries):
+        """Write the record atomically; a failure only costs the next run a full read."""
+        # An entry validated from a config item keeps only that item: params follow from it.
+        data = dict(version=RECORD_VERSION, stamp=stamp,
+                    entries=[tuple(entry._replace(params=None) if entry.given is not None else entry) for entry in entries])
+        try:
+            write_file_atomic(self._path(backend_name), marshal.dumps(data, 4), mode=0o600)
+        except (SysctlError, ValueError):
+            self.forget(backend_name)
+
+    def forget(self, backend_name):
+        try:
+            os.unlink(self._path(backend_name))
+        except OSError:
+            pass
