@@ -19,7 +19,8 @@ export PATH := $(BIN):$(PATH)
 # Where the scenarios are (molecule would otherwise warn that a collection's belong in extensions/molecule).
 export MOLECULE_GLOB := molecule/*/molecule.yml
 
-.PHONY: help setup packages venv collection image test lint sanity unit molecule demo demo-clean build clean
+.PHONY: help setup packages venv collection image test lint ee changelog-lint changelog examples sanity unit molecule \
+	lab lab-down demo build clean
 
 help:
 	@echo "make demo   - converge playbooks/site.yml on a local container lab (sets everything up)"
@@ -47,8 +48,39 @@ collection:
 image: packages
 	bash tests/lab/build-image.sh
 
-lint: venv collection
+lint: venv collection ee changelog-lint examples
 	ansible-lint --profile production
+
+VERSION := $(shell awk '/^version:/ {print $$2}' galaxy.yml)
+# The execution environment: the collection tarball must carry meta/execution-environment.yml, bindep.txt and
+# requirements.txt, ansible-builder must read the system packages from them (introspect, as it does inside an
+# image build), and examples/execution-environment.yml must give a build context (create writes it, builds nothing).
+ee: build
+	rm -rf build/ee
+	ANSIBLE_COLLECTIONS_PATH=$(CURDIR)/build/ee/collections \
+	    ansible-galaxy collection install --offline --force -p build/ee/collections build/nodenet-nat-$(VERSION).tar.gz
+	ansible-builder introspect --sanitize build/ee/collections > build/ee/dependencies.yml
+	grep -q "^- 'nftables .*from collection nodenet.nat" build/ee/dependencies.yml
+	grep -q "nodenet-nat-$(VERSION).tar.gz" examples/execution-environment.yml
+	ansible-builder create -f examples/execution-environment.yml --context build/ee/context
+	test -s build/ee/context/_build/collections/nodenet-nat-$(VERSION).tar.gz
+
+# Changelog fragments and changelogs/changelog.yaml are valid, and CHANGELOG.md is what they generate.
+changelog-lint: venv collection
+	antsibull-changelog lint
+	antsibull-changelog lint-changelog-yaml changelogs/changelog.yaml
+	mkdir -p build && antsibull-changelog generate --output build/CHANGELOG.md --output-format md
+	diff -u CHANGELOG.md build/CHANGELOG.md || { echo "CHANGELOG.md is stale: run make changelog"; exit 1; }
+
+# Regenerate CHANGELOG.md (a release: antsibull-changelog release --version X.Y.Z, then this).
+changelog: venv collection
+	antsibull-changelog generate
+
+# The example inventory parses, and its variables pass the roles' argument specs.
+examples: venv collection
+	ansible-inventory -i examples/inventory --graph >/dev/null
+	ansible-playbook -i examples/inventory playbooks/site.yml --syntax-check >/dev/null
+	python tests/check_inventory.py examples/inventory
 
 # ansible-test wants the collection at .../ansible_collections/nodenet/nat: sanity runs on a copy of the work tree's files.
 # Its own venv: ansible-test pins the sanity tools it installs (--requirements, from PyPI), which must not
@@ -91,6 +123,7 @@ demo: setup
 
 build: venv
 	ansible-galaxy collection build --force --output-path build/
+	@echo "install it with: ansible-galaxy collection install build/nodenet-nat-$(VERSION).tar.gz"
 
 clean:
 	rm -rf build $(COLLECTIONS)
