@@ -1,6 +1,7 @@
 # Two entry points do all the set-up on a fresh Debian machine (run as root):
-#   make demo   converge the site playbook on a local container lab
+#   make lab    a three-node container lab converged by the site playbook, checked with packets, left up
 #   make test   lint, sanity, unit tests and every molecule scenario
+# make help lists every target.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -20,11 +21,30 @@ export PATH := $(BIN):$(PATH)
 export MOLECULE_GLOB := molecule/*/molecule.yml
 
 .PHONY: help setup packages venv collection image test lint ee changelog-lint changelog examples sanity unit molecule \
-	lab lab-down demo build clean
+	lab lab-check lab-down demo build clean
 
 help:
-	@echo "make demo   - converge playbooks/site.yml on a local container lab (sets everything up)"
-	@echo "make test   - ansible-lint, ansible-test sanity, unit tests, molecule scenarios: $(SCENARIOS)"
+	@echo "Entry points (each installs what it needs: Debian packages, .venv, the node image):"
+	@echo "  make lab           3 nodes (nft, iptables-nft, iptables-legacy), a client and an upstream host in"
+	@echo "                     containers; site.yml, packet checks and a PASS/FAIL report; the lab stays up"
+	@echo "  make lab-check     send the lab's packets again and print the report"
+	@echo "  make lab-down      remove the lab's containers and lab/"
+	@echo "  make demo          the same as make lab"
+	@echo "  make test          lint, sanity, unit, molecule: what CI runs"
+	@echo "Finer targets:"
+	@echo "  make lint          ansible-lint --profile production, after ee, changelog-lint and examples"
+	@echo "  make ee            execution environment: ansible-builder introspect and create (build/ee/)"
+	@echo "  make changelog-lint  antsibull-changelog lint; CHANGELOG.md matches changelogs/"
+	@echo "  make changelog     regenerate CHANGELOG.md from changelogs/"
+	@echo "  make examples      examples/inventory parses and passes the roles' argument specs"
+	@echo "  make sanity        ansible-test sanity"
+	@echo "  make unit          pytest tests/unit"
+	@echo "  make molecule      molecule scenarios, MOLECULE_JOBS=$(MOLECULE_JOBS) at a time: $(SCENARIOS)"
+	@echo "                     one of them: make molecule SCENARIOS=forwarding (logs: build/molecule/)"
+	@echo "  make bench-fleet   site.yml on FLEET_HOSTS node containers with FLEET_FORKS forks (bench/FLEET.md)"
+	@echo "  make build         build/nodenet-nat-$(VERSION).tar.gz"
+	@echo "  make setup         Debian packages, .venv, the .collections link, the node image (make image)"
+	@echo "  make clean         remove build/ and .collections"
 
 setup: packages venv collection image
 
@@ -118,8 +138,18 @@ molecule-%:
 
 test: setup lint sanity unit molecule
 
-demo: setup
-	bash tests/lab/demo.sh
+# The lab (tests/lab/labctl.py): three nodes (nft, iptables-nft, iptables-legacy), a client and an upstream host
+# in containers, converged by site.yml and checked with packets; it stays up until make lab-down.
+lab: setup
+	$(BIN)/python tests/lab/labctl.py up
+
+lab-check: venv collection
+	$(BIN)/python tests/lab/labctl.py check
+
+lab-down:
+	$(PYTHON) tests/lab/labctl.py down
+
+demo: lab
 
 build: venv
 	ansible-galaxy collection build --force --output-path build/
