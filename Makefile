@@ -21,7 +21,7 @@ export PATH := $(BIN):$(PATH)
 export MOLECULE_GLOB := molecule/*/molecule.yml
 
 .PHONY: help setup packages venv collection image test lint ee changelog-lint changelog examples sanity unit molecule \
-	lab lab-check lab-down demo build clean
+	lab lab-check lab-down demo bench-fleet build clean
 
 help:
 	@echo "Entry points (each installs what it needs: Debian packages, .venv, the node image):"
@@ -150,6 +150,12 @@ lab-down:
 	$(PYTHON) tests/lab/labctl.py down
 
 demo: lab
+
+# site.yml over FLEET_HOSTS node containers, once per fork count, against ceil(H/F) x one node (bench/FLEET.md).
+FLEET_HOSTS ?= 24
+FLEET_FORKS ?= 2,6
+bench-fleet: setup
+	$(BIN)/python bench/fleet.py --hosts $(FLEET_HOSTS) --forks $(FLEET_FORKS) --output bench/FLEET.md
 
 build: venv
 	ansible-galaxy collection build --force --output-path build/
