@@ -78,7 +78,7 @@ def say(message):
 
 def run(*argv, **kwargs):
     """Run ARGV; on failure show its output and raise."""
-    result = subprocess.run(argv, text=True, capture_output=True, **kwargs)
+    result = subprocess.run(argv, text=True, capture_output=True, check=False, **kwargs)
     if result.returncode != 0:
         raise LabError("%s failed (exit %d):\n%s%s" % (" ".join(argv), result.returncode, result.stdout, result.stderr))
     return result.stdout
@@ -102,7 +102,7 @@ class LabError(Exception):
 def lab_containers():
     names = podman("ps", "--all", "--filter", "label=" + LABEL, "--format", "{{.Names}}").split()
     return sorted(set(names) | {name for name in CONTAINERS if subprocess.run(
-        ["podman", "container", "exists", name]).returncode == 0})
+        ["podman", "container", "exists", name], check=False).returncode == 0})
 
 
 def down(quiet=False):
@@ -120,7 +120,7 @@ def down(quiet=False):
 
 
 def start_containers():
-    if subprocess.run(["podman", "image", "exists", IMAGE]).returncode != 0:
+    if subprocess.run(["podman", "image", "exists", IMAGE], check=False).returncode != 0:
         raise LabError("image %s is missing: run make image (make lab does)" % IMAGE)
     for name in CONTAINERS:
         podman("run", "--detach", "--name", name, "--hostname", name, "--label", LABEL + "=1",
@@ -312,7 +312,7 @@ def checks():
 def judge(check, answers):
     node = check.node
     pairs, failures = answered(answers)
-    sources = sorted({source for source, _ in pairs})
+    sources = sorted({source for source, label in pairs})
     no_answer = "no answer (%s)" % summarize(failures)
     if check.kind == "egress":
         check.ok = not failures and sources == [node.wan]
@@ -325,7 +325,7 @@ def judge(check, answers):
         check.proves = ("pods keep their address between nodes (egress exemption, routes between nodes)" if check.ok
                         else "expected the pod's own address %s" % node.pod_ip)
     elif check.kind == "nodeport":
-        labels = collections.Counter(label for _, label in pairs)
+        labels = collections.Counter(label for source, label in pairs)
         node_addresses = {node.lan, node.gateway}
         check.ok = (not failures and set(labels) == {other.pod for other in NODES}
                     and set(sources) <= node_addresses)
@@ -336,7 +336,7 @@ def judge(check, answers):
                         if check.ok else "expected all 3 pods to answer, each seeing %s" % " or ".join(
                             sorted(node_addresses)))
     elif check.kind == "hairpin":
-        labels = {label for _, label in pairs}
+        labels = {label for source, label in pairs}
         check.ok = not failures and labels == {node.pod}
         check.saw = no_answer if failures else "answers %s" % summarize(answers)
         check.proves = ("a pod reaches itself through its service (hairpin mode, masqueraded to the bridge)"
