@@ -14,6 +14,8 @@ so removing the container removes them all.
       a daemon answering each connection with "<source ip it saw> <LABEL>"
   lab.py probe NAMESPACE ADDRESS PORT [--udp] [--count N] [--timeout S]
       connects N times and prints one answer per line ("timeout" when none came)
+
+NAMESPACE "-" is the container's own network namespace (a client or upstream container of the lab).
 """
 import argparse
 import ipaddress
@@ -31,6 +33,11 @@ def run(*argv):
 
 def in_netns(namespace, *argv):
     run("ip", "netns", "exec", namespace, *argv)
+
+
+def netns_argv(namespace, argv):
+    """ARGV run inside NAMESPACE; "-" is the current network namespace."""
+    return argv if namespace == "-" else ["ip", "netns", "exec", namespace] + argv
 
 
 def address_args(address, device):
@@ -128,7 +135,8 @@ def cmd_serve(args):
     if pid == 0:
         os.close(ready_read)
         daemonize()
-        os.execvp("ip", ["ip", "netns", "exec", args.namespace] + argv)
+        command = netns_argv(args.namespace, argv)
+        os.execvp(command[0], command)
     os.close(ready_write)
     os.waitpid(pid, 0)
     with os.fdopen(ready_read, "rb") as ready:
@@ -163,7 +171,8 @@ def cmd_probe(args):
         return
     argv = [sys.executable, os.path.abspath(__file__), "probe", args.namespace, args.address, str(args.port),
             "--inside", "--count", str(args.count), "--timeout", str(args.timeout)] + (["--udp"] if args.udp else [])
-    os.execvp("ip", ["ip", "netns", "exec", args.namespace] + argv)
+    command = netns_argv(args.namespace, argv)
+    os.execvp(command[0], command)
 
 
 def main():
