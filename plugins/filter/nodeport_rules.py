@@ -52,6 +52,12 @@ options:
     description: Prefix of every rule name (the role's scope).
     type: str
     default: nodeport-
+  as_json:
+    description:
+      - Return the rules as JSON text rather than a list. M(nodenet.nat.nat_rules) takes either; ansible passes a
+        text on without walking it, which matters at thousands of services.
+    type: bool
+    default: false
 """
 
 EXAMPLES = r"""
@@ -64,13 +70,13 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: Rules for O(nodenet.nat.nat_rules#module:config), in order.
-  type: list
-  elements: dict
+  description: Rules for O(nodenet.nat.nat_rules#module:config), in order (a JSON text of that list with O(as_json=true)).
+  type: raw
 """
 
 import collections
 import ipaddress
+import json
 import re
 
 from ansible.errors import AnsibleFilterError
@@ -81,6 +87,8 @@ NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 NAME_MAX = 40
 PROTOCOLS = ("tcp", "udp", "sctp")
 POLICIES = ("Cluster", "Local")
+SERVICE_KEYS = ("name", "port", "protocol", "backends", "external_traffic_policy", "cluster_ip", "source_ranges")
+BACKEND_KEYS = ("address", "port")
 LOOPBACK = {4: "127.0.0.0/8", 6: "::1/128"}
 
 
@@ -122,9 +130,16 @@ def _mark(value):
     return "0x%x" % number
 
 
+def _unknown_keys(name, field, value, known):
+    unknown = sorted(str(key) for key in value if key not in known)
+    if unknown:
+        _fail(name, field, value, "has unknown keys %s (known: %s)" % (", ".join(unknown), ", ".join(sorted(known))))
+
+
 def _service(raw, seen):
     if not isinstance(raw, dict):
         raise AnsibleFilterError("nodeport_services: every entry is a dict, got %r" % (raw,))
+    raw = dict(raw)
     name = raw.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.match(name) or len(name) > NAME_MAX:
         _fail(name, "name", name, "a service name is a DNS label: 1 to %d of a-z, 0-9, '-', starting and ending "
@@ -132,6 +147,7 @@ def _service(raw, seen):
     if name in seen:
         _fail(name, "name", name, "duplicate service name")
     seen.add(name)
+    _unknown_keys(name, "service", raw, SERVICE_KEYS)
     protocol = raw.get("protocol") or "tcp"
     if protocol not in PROTOCOLS:
         _fail(name, "protocol", protocol, "one of %s" % ", ".join(PROTOCOLS))
@@ -145,6 +161,7 @@ def _service(raw, seen):
     for backend in backends:
         if not isinstance(backend, dict):
             _fail(name, "backends", backend, "each backend is {address, port}")
+        _unknown_keys(name, "backends[]", backend, BACKEND_KEYS)
         parsed.append((_address(name, "backends[].address", backend.get("address")),
                        _port(name, "backends[].port", backend.get("port"))))
     cluster_ip = raw.get("cluster_ip")
@@ -162,7 +179,7 @@ def _service(raw, seen):
     }
 
 
-def nodeport_rules(services, pod_cidrs=None, addresses=None, mark="0x4000", prefix="nodeport-"):
+def nodeport_rules(services, pod_cidrs=None, addresses=None, mark="0x4000", prefix="nodeport-", as_json=False):
     if not isinstance(services, list):
         raise AnsibleFilterError("nodeport_services must be a list, got %r" % (services,))
     pod_networks = [_network("-", "nodeport_pod_cidrs", item) for item in pod_cidrs or []]
@@ -200,19 +217,20 @@ def nodeport_rules(services, pod_cidrs=None, addresses=None, mark="0x4000", pref
             if service["cluster_ip"] is not None and service["cluster_ip"].version == version:
                 cluster_ip = {"destination": [str(service["cluster_ip"])]}
                 targets.append(("cip", cluster_ip, cluster_ip))
+            common = {"family": family, "protocol": service["protocol"], "destination_ports": [service["port"]]}
+            limited = dict(common, source=ranges) if ranges else dict(common)
+            dnat = {"type": "dnat", "to_destination": [format_endpoint(Endpoint(address, port)) for address, port in backends]}
+            backend_sources = sorted(set(str(address) for address, _port_ in backends))
             for key, match, output_match in targets:
                 families.add(version)
                 stem = "%s%s-%s-" % (prefix, service["name"], key)
-                common = {"family": family, "protocol": service["protocol"], "destination_ports": [service["port"]]}
-                limited = dict(common, source=ranges) if ranges else dict(common)
-                dnat = {"type": "dnat", "to_destination": [format_endpoint(Endpoint(address, port)) for address, port in backends]}
                 if not service["local"]:
                     groups[key, "mark"].append(dict(limited, name=stem + "mark" + suffix, type="mark", chain="prerouting",
                                                     set_mark=bit_set, **match))
                     groups[key, "clear"].extend(dict(common, name="%sclear%d%s" % (stem, index, suffix), type="mark", chain="prerouting",
                                                      source=[str(net)], set_mark=bit_clear, **match) for index, net in enumerate(pods))
                 groups[key, "hairpin"].append(dict(common, name=stem + "hairpin" + suffix, type="mark", chain="prerouting",
-                                                   source=sorted(set(str(address) for address, _port_ in backends)),
+                                                   source=backend_sources,
                                                    set_mark=bit_set, **match))
                 groups[key, "dnat"].append(dict(limited, name=stem + "dnat" + suffix, chain="prerouting", **dict(dnat, **match)))
                 if not service["local"]:
@@ -221,7 +239,8 @@ def nodeport_rules(services, pod_cidrs=None, addresses=None, mark="0x4000", pref
                 groups[key, "out-dnat"].append(dict(limited, name=stem + "out-dnat" + suffix, chain="output", **dict(dnat, **output_match)))
     postrouting = [{"name": "%smasquerade-v%d" % (prefix, version), "family": "ipv%d" % version, "type": "masquerade",
                     "chain": "postrouting", "mark": bit_set, "random_fully": True} for version in sorted(families)]
-    return [rule for rules in groups.values() for rule in rules] + postrouting
+    rules = [rule for rules in groups.values() for rule in rules] + postrouting
+    return json.dumps(rules) if as_json else rules
 
 
 class FilterModule(object):

@@ -16,6 +16,7 @@ __metaclass__ = type
 import binascii
 import contextlib
 import gc
+import json
 import os
 import re
 
@@ -32,7 +33,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlEr
 ACTION_STATES = ("merged", "replaced", "overridden", "deleted")
 OFFLINE_STATES = ("rendered", "parsed")
 STATES = ACTION_STATES + ("gathered",) + OFFLINE_STATES
-RESULT_RULES = ("changed", "all")
+RESULT_RULES = ("summary", "changed", "all")
 # Where ``persist`` writes the owned ruleset when ``persist_path`` is not given.
 DEFAULT_PERSIST_PATHS = {"nft": "/etc/nftables.d/nodenet-nat.nft", "iptables": "/etc/iptables/nodenet-nat.rules"}
 PERSIST_HEADER = "# Managed by nodenet.nat.nat_rules (owned NAT rules only); changes here are overwritten.\n"
@@ -92,6 +93,20 @@ def merge_params(existing, params):
         del merged["family"]
     merged.update(given)
     return merged
+
+
+def config_items(config):
+    """The list of config items of ``config``: a list, the JSON text of one, or None (no rules)."""
+    if isinstance(config, str):
+        try:
+            config = json.loads(config) if config.strip() else []
+        except ValueError as error:
+            raise RuleError("config: is neither a list of rules nor the JSON text of one (%s)" % error)
+    if config is None:
+        return []
+    if not isinstance(config, list):
+        raise RuleError("config: %r is not a list of rules" % (config,))
+    return config
 
 
 def _put_in_place(current, entries):
@@ -282,8 +297,8 @@ class NatRulesRun(object):
     def run(self):
         """The result dict; raises NatRulesError (bad input, failing command)."""
         state = self.params["state"]
-        config = self.params.get("config") or []
         try:
+            config = config_items(self.params.get("config"))
             with gc_paused():
                 if state in OFFLINE_STATES:
                     return self._offline(state, config)
@@ -384,7 +399,7 @@ class NatRulesRun(object):
                                     % (what, " and ".join(transaction.families), rc, " ".join(argv), err.strip()))
 
     def _report(self, change, result):
-        """before, after and summary; with result_rules=changed only the rules that differ are listed."""
+        """summary (counts and names), and before/after as result_rules asks: the changed rules, or all of them."""
         before = change.scoped_current
         after = [entry for entry in change.desired if in_scope(entry, self.scope)]
         before_by_name = dict((entry.name, entry) for entry in before)
@@ -393,15 +408,20 @@ class NatRulesRun(object):
         removed = [name for name in before_by_name if name not in after_by_name]
         modified = [name for name, entry in after_by_name.items()
                     if name in before_by_name and content(before_by_name[name]) != content(entry)]
-        result["summary"] = dict(before=len(before), after=len(after), added=len(added), removed=len(removed), changed=len(modified))
-        if self.params.get("result_rules") != "all":
+        result["summary"] = dict(before=len(before), after=len(after), added=added, removed=removed, changed=modified,
+                                 families=[family for family in FAMILIES if any(entry.family == family for entry in after)])
+        mode = self.params.get("result_rules") or "summary"
+        if mode != "all":
             shown = set(added + removed + modified)
             before = [entry for entry in before if entry.name in shown]
             after = [entry for entry in after if entry.name in shown]
-        result.update(before=[entry_params(entry) for entry in before], after=[entry_params(entry) for entry in after])
-        if self.diff:
-            # Mappings, which the callbacks serialize into text before diffing.
-            result["diff"] = dict(before=dict(rules=result["before"]), after=dict(rules=result["after"]))
+        if mode != "summary" or self.diff:
+            listed = dict(before=[entry_params(entry) for entry in before], after=[entry_params(entry) for entry in after])
+            if mode != "summary":
+                result.update(listed)
+            if self.diff:
+                # Mappings, which the callbacks serialize into text before diffing.
+                result["diff"] = dict(before=dict(rules=listed["before"]), after=dict(rules=listed["after"]))
 
 
 def run_nat_rules(params, run_command, which, check_mode=False, diff=False, store=None):

@@ -95,7 +95,7 @@ class RecordStore(object):
         """The RunRecord of ``backend_name``, or None (missing, unreadable, another version)."""
         try:
             with open(self._path(backend_name), "rb") as handle:
-                data = marshal.load(handle)
+                data = marshal.loads(handle.read())     # marshal.load reads a file in small pieces: 5 times slower
             if data.get("version") != RECORD_VERSION:
                 return None
             return RunRecord(data["stamp"], [RuleEntry(*fields) for fields in data["entries"]])

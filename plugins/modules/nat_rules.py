@@ -31,11 +31,13 @@ options:
     description:
       - The rules. Each name may appear once. Within one chain of one family, rules apply in list order.
       - With O(state=deleted) only O(config[].name) is used.
+      - A list of rules, or the JSON text of one (what C(to_json) makes). Ansible walks a list to template it and to pass it
+        to the module, which costs seconds at ten thousand rules; a JSON text costs it almost nothing, so pass big rulesets
+        that way (the roles of this collection do).
       - The module checks every item itself (ansible's per-item argument checks would cost more than the rest of a run at
         thousands of rules); values are taken as ansible's types would take them (booleans in ansible's spellings, a
         comma-separated string for a list), and an unknown key is an error naming it.
-    type: list
-    elements: dict
+    type: raw
     suboptions:
       name:
         description:
@@ -198,12 +200,14 @@ options:
     type: str
   result_rules:
     description:
-      - Which rules RV(before), RV(after) and the diff list. V(changed) lists only the rules this task adds, removes
-        or changes (RV(summary) counts all of them); V(all) lists every owned rule in O(scope), as resource modules do.
-      - V(changed) keeps the result small when the ruleset holds thousands of rules.
+      - How much of the ruleset the result lists. V(summary) gives RV(summary) only - counts, and the names of the rules
+        the task adds, removes or changes - so that a run over ten thousand rules does not echo them. V(changed) adds
+        RV(before) and RV(after) with those rules in full; V(all) lists every owned rule in O(scope) there, as resource
+        modules do.
+      - The diff (C(--diff)) shows the rules that change, whatever this says.
     type: str
-    choices: [changed, all]
-    default: changed
+    choices: [summary, changed, all]
+    default: summary
   persist:
     description:
       - After converging, also write the owned ruleset to files that restore it at boot, and report a change when
@@ -323,7 +327,7 @@ before:
   description:
     - The owned rules (in O(scope)) found on the host before the task, in the shape of O(config) (fields at their defaults
       left out). With O(result_rules=changed), only those the task removes or changes.
-  returned: when O(state) is merged, replaced, overridden or deleted
+  returned: when O(result_rules) is changed or all, and O(state) is merged, replaced, overridden or deleted
   type: list
   elements: dict
   sample:
@@ -337,7 +341,7 @@ after:
   description:
     - The owned rules (in O(scope)) after the task, as the applied transaction made them (it applies whole or not at all).
       In check mode, the rules it would make. With O(result_rules=changed), only those the task adds or changes.
-  returned: when O(state) is merged, replaced, overridden or deleted
+  returned: when O(result_rules) is changed or all, and O(state) is merged, replaced, overridden or deleted
   type: list
   elements: dict
   sample:
@@ -356,10 +360,12 @@ commands:
   elements: str
   sample: ["*nat", ":NODENET-POSTROUTING - [0:0]", "-A NODENET-POSTROUTING -s 10.244.0.0/16 -m comment --comment pods-egress -j MASQUERADE", "COMMIT"]
 summary:
-  description: How many owned rules (in O(scope)) there were before and after, and how many the task added, removed and changed.
+  description:
+    - How many owned rules (in O(scope)) there were before and after the task, the names of those it added, removed and
+      changed, and the families that have rules after it.
   returned: when O(state) is merged, replaced, overridden or deleted
   type: dict
-  sample: {before: 10000, after: 10000, added: 0, removed: 0, changed: 1}
+  sample: {before: 10000, after: 10000, added: [], removed: [], changed: [svc-42], families: [ipv4]}
   contains:
     before:
       description: Rules before the task.
@@ -368,14 +374,21 @@ summary:
       description: Rules after the task.
       type: int
     added:
-      description: Rules the task added.
-      type: int
+      description: Names of the rules the task added.
+      type: list
+      elements: str
     removed:
-      description: Rules the task removed.
-      type: int
+      description: Names of the rules the task removed.
+      type: list
+      elements: str
     changed:
-      description: Rules the task changed.
-      type: int
+      description: Names of the rules the task changed.
+      type: list
+      elements: str
+    families:
+      description: The IP families that have rules (in O(scope)) after the task.
+      type: list
+      elements: str
 transactions:
   description:
     - The transactions behind RV(commands) (RV(rendered) for O(state=rendered)) - one for both families with nft, one per
@@ -446,14 +459,14 @@ from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import RESUL
 def main():
     module = AnsibleModule(
         argument_spec=dict(
-            config=dict(type="list", elements="dict"),
+            config=dict(type="raw"),
             state=dict(type="str", choices=list(STATES), default="merged"),
             backend=dict(type="str", choices=list(BACKEND_CHOICES), default="auto"),
             scope=dict(type="str"),
             running_config=dict(type="str"),
             persist=dict(type="bool", default=False),
             persist_path=dict(type="path"),
-            result_rules=dict(type="str", choices=list(RESULT_RULES), default="changed"),
+            result_rules=dict(type="str", choices=list(RESULT_RULES), default="summary"),
         ),
         required_if=[("state", "parsed", ["running_config"])],
         supports_check_mode=True,
@@ -463,13 +476,17 @@ def main():
         # binary_data: the script goes to stdin exactly as rendered (no extra newline).
         return module.run_command(argv, data=data, binary_data=True)
 
+    invocation = dict(module_args=module.params)
+    config = module.params["config"]
+    if module.params["result_rules"] != "all" and config:
+        # The invocation echoes the arguments: say how big config was rather than repeat ten thousand rules.
+        size = "%d characters" % len(config) if isinstance(config, str) else "%d rules" % len(config)
+        invocation["module_args"] = dict(module.params, config="(%s; result_rules=all shows them)" % size)
     try:
         result = run_nat_rules(module.params, run_command, module.get_bin_path, check_mode=module.check_mode, diff=module._diff)
     except NatRulesError as error:
-        module.fail_json(msg=str(error), **error.result)
-    for warning in result.pop("warnings", []):
-        module.warn(warning)
-    module.exit_json(**result)
+        module.fail_json(msg=str(error), invocation=invocation, **error.result)
+    module.exit_json(invocation=invocation, **result)
 
 
 if __name__ == "__main__":

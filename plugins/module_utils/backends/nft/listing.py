@@ -310,7 +310,7 @@ class TableListing(object):
         rules = []
         for name, fields in sorted(fields_by_name.items()):
             # A rule's elements are every (source host, destination host) pair of its keys.
-            pairs = max(1, len(fields["source"]) if shape.saddr else 1) * max(1, len(fields["destination"]))
+            pairs = (len(fields["source"]) if shape.saddr else 1) * (len(fields["destination"]) if shape.destination == "daddr" else 1)
             _expect(counts[name] == pairs, "map elements of %s are not every pair of its hosts" % name)
             fields.update(source=normalize_networks(sorted(fields["source"])), destination=normalize_networks(sorted(fields["destination"])))
             rules.append(make_rule(name=name, chain=chain, family=self.family, **fields))

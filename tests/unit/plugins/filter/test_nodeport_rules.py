@@ -70,3 +70,14 @@ def test_bad_input_fails_naming_the_field(service, message):
 def test_duplicate_service_names_fail():
     with pytest.raises(AnsibleFilterError, match="duplicate"):
         nodeport_rules([WEB, WEB])
+
+
+def test_json_text_is_the_same_rules():
+    import json
+    assert json.loads(nodeport_rules([WEB], pod_cidrs=["10.244.0.0/16"], as_json=True)) == nodeport_rules([WEB], pod_cidrs=["10.244.0.0/16"])
+
+
+def test_rules_of_one_kind_come_together_for_every_service():
+    other = dict(WEB, name="api", port=30081)
+    names = [rule["name"] for rule in nodeport_rules([WEB, other], pod_cidrs=["10.244.0.0/16"])]
+    assert names[:4] == ["nodeport-web-np-mark-v4", "nodeport-api-np-mark-v4", "nodeport-web-np-clear0-v4", "nodeport-api-np-clear0-v4"]

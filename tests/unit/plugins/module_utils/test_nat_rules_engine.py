@@ -201,7 +201,7 @@ def test_apply_then_second_run_is_unchanged():
     assert host.calls == ["fake-list", "fake-list", "fake-check", "fake-check", "fake-apply", "fake-apply"]
     assert _names(_rules(*result["after"])) == ["web", "egress", "egress6"]
     assert result["before"] == [rule_to_params(rule) for rule in _rules(EGRESS)]
-    assert result["summary"] == dict(before=1, after=3, added=2, removed=0, changed=0)
+    assert result["summary"] == dict(before=1, after=3, added=["web", "egress6"], removed=[], changed=[], families=["ipv4", "ipv6"])
     assert len(result["commands"]) == sum(transaction["lines"] for transaction in result["transactions"])
     assert result["backend"] == "fake" and result["backend_reason"] == "fake reason"
 
@@ -217,16 +217,19 @@ def test_one_transaction_applies_without_a_separate_validation():
     assert host.calls == ["fake-list", "fake-list", "fake-apply"]
 
 
-def test_result_lists_only_changed_rules_unless_asked_for_all():
+def test_result_lists_rules_as_result_rules_asks():
     host = FakeHost(EGRESS, EXEMPT, WEB)
-    result = _run(host, "merged", [dict(name="web", destination_ports=[30081])], result_rules="changed", diff=True)
+    summary = _run(host, "merged", [dict(name="web", destination_ports=[30081])], result_rules="summary", diff=True)
+    assert summary["summary"] == dict(before=3, after=3, added=[], removed=[], changed=["web"], families=["ipv4"])
+    assert "before" not in summary and "after" not in summary
+    assert [rule["destination_ports"] for rule in summary["diff"]["after"]["rules"]] == [[30081]]
+    result = _run(host, "merged", [dict(name="web", destination_ports=[30082])], result_rules="changed", diff=True)
     assert [rule["name"] for rule in result["before"]] == ["web"] and [rule["name"] for rule in result["after"]] == ["web"]
-    assert result["after"][0]["destination_ports"] == [30081]
-    assert result["summary"] == dict(before=3, after=3, added=0, removed=0, changed=1)
+    assert result["after"][0]["destination_ports"] == [30082]
     assert result["diff"] == dict(before=dict(rules=result["before"]), after=dict(rules=result["after"]))
-    unchanged = _run(host, "merged", [dict(name="web", destination_ports=[30081])], result_rules="changed")
+    unchanged = _run(host, "merged", [dict(name="web", destination_ports=[30082])], result_rules="changed")
     assert (unchanged["before"], unchanged["after"]) == ([], [])
-    everything = _run(host, "merged", [dict(name="web", destination_ports=[30081])], result_rules="all")
+    everything = _run(host, "merged", [dict(name="web", destination_ports=[30082])], result_rules="all")
     assert len(everything["before"]) == len(everything["after"]) == 3
 
 
