@@ -34,7 +34,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlEr
 
 RECORD_ROOT = "/run/nodenet-nat"
 # Bump when a backend's compiled form changes: records of another version are not used.
-RECORD_VERSION = 1
+RECORD_VERSION = 2
 LOCK_TIMEOUT = 300
 _LOCK_POLL = 0.1
 

@@ -77,12 +77,13 @@ class NatBackend(object):
         """The RuleEntry of ``rule``; ``given`` is the config item it was validated from."""
         return RuleEntry(rule.name, rule.family, rule.chain, self.compile(rule), given, rule_to_params(rule))
 
-    def read(self, run_command, record=None):
+    def read(self, run_command, record=None, counters=False):
         """HostState of the owned objects, from read-only commands.
 
         ``record`` (run_record.RunRecord or None) holds the entries the last changing run left; when
         the host still carries that run's stamp, the backend takes its entries instead of reading
-        every owned rule. Raises BackendError.
+        every owned rule. ``counters``: read every owned rule, with ``facts["counters"]``
+        {rule name: [packets, bytes]}. Raises BackendError.
         """
         raise NotImplementedError
 

@@ -18,7 +18,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import (
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.lines import (
     CHAIN_PREFIX, UnsupportedRule, compile_rule, delta_script, full_script,
 )
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.save import owned_objects, parse_owned
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.save import owned_objects, parse_owned, rule_counters
 from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES, RuleError
 
 VARIANTS = {"nft": "iptables", "legacy": "iptables-legacy"}
@@ -49,34 +49,39 @@ class IptablesBackend(NatBackend):
     def compile(self, rule):
         return compile_rule(rule)
 
-    def list_argv(self, family):
-        return [self.binaries[family][0], "-t", "nat"]
+    def list_argv(self, family, counters=False):
+        return [self.binaries[family][0]] + (["-c"] if counters else []) + ["-t", "nat"]
 
-    def _owned(self, run_command):
-        return dict((family, owned_objects(run_listing(run_command, self.list_argv(family), "%s nat table" % TOOL_PREFIXES[family])))
+    def _owned(self, run_command, counters=False):
+        return dict((family, owned_objects(run_listing(run_command, self.list_argv(family, counters), "%s nat table" % TOOL_PREFIXES[family])))
                     for family in FAMILIES)
 
-    def read(self, run_command, record=None):
+    def read(self, run_command, record=None, counters=False):
+        if counters:
+            # Counters change with every packet, so such a listing has no stamp to compare with a record.
+            owned = self._owned(run_command, counters=True)
+            state = self._parsed(owned)
+            state.facts["counters"] = dict(item for family in FAMILIES for item in rule_counters(owned[family]).items())
+            return state
         owned = self._owned(run_command)
         stamp = _stamp(dict((family, objects.digest) for family, objects in owned.items()))
         facts = dict((family, {"chains": objects.chains, "jumps": objects.jumps}) for family, objects in owned.items())
         facts.update(stamp=stamp, unrecognized=[])
         if record is not None and record.stamp == stamp:
             return HostState(list(record.entries), dict(facts, from_record=True))
-        entries = []
-        for family in FAMILIES:
-            rules, drift = parse_owned(family, owned[family])
-            facts["unrecognized"] += drift
-            entries += self._entries(rules, facts["unrecognized"])
-        return HostState(entries, facts)
+        state = self._parsed(owned)
+        state.facts["stamp"] = stamp
+        return state
 
     def parse(self, outputs):
         """HostState of {family: ``iptables-save -t nat`` output} (offline)."""
+        return self._parsed(dict((family, owned_objects(outputs.get(family) or "")) for family in FAMILIES))
+
+    def _parsed(self, owned):
         entries, facts = [], {"unrecognized": []}
         for family in FAMILIES:
-            owned = owned_objects(outputs.get(family) or "")
-            rules, drift = parse_owned(family, owned)
-            facts[family] = {"chains": owned.chains, "jumps": owned.jumps}
+            rules, drift = parse_owned(family, owned[family])
+            facts[family] = {"chains": owned[family].chains, "jumps": owned[family].jumps}
             facts["unrecognized"] += drift
             entries += self._entries(rules, facts["unrecognized"])
         return HostState(entries, facts)

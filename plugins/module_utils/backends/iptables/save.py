@@ -27,8 +27,9 @@ PROBABILITY_TOLERANCE = 1e-6  # the kernel keeps probability as a 31-bit fractio
 _RULE_TYPES = dict((target, rule_type) for rule_type, target in TARGETS.items())
 
 # The owned part of one family's listing: declared owned chains, {chain: [spec]} of their lines,
-# {builtin chain: [(spec, tokens)]} of jumps to owned chains, and a digest of all of it.
-OwnedObjects = collections.namedtuple("OwnedObjects", ["chains", "lines", "jumps", "digest"])
+# {builtin chain: [(spec, tokens)]} of jumps to owned chains, a digest of all of it, and
+# {chain: [(packets, bytes)]} of the lines when the listing has counters (iptables-save -c).
+OwnedObjects = collections.namedtuple("OwnedObjects", ["chains", "lines", "jumps", "digest", "counters"])
 
 
 class _Unparsable(ValueError):
@@ -42,10 +43,16 @@ def tokens_of(spec):
 
 def owned_objects(text):
     """OwnedObjects of one family's ``iptables-save -t nat`` output (a text scan, no rule parsing)."""
-    chains, lines, jumps, owned = [], collections.OrderedDict(), {}, []
+    chains, lines, jumps, owned, counters = [], collections.OrderedDict(), {}, [], {}
     in_nat = False
     for raw in text.splitlines():
         line = raw.strip()
+        counter = None
+        if line.startswith("["):
+            # iptables-save -c: "[packets:bytes] -A CHAIN ..."
+            counter_text, dummy, line = line[1:].partition("] ")
+            packets, dummy, octets = counter_text.partition(":")
+            counter = (int(packets), int(octets))
         if line.startswith("*"):
             in_nat = line == "*nat"
         elif not in_nat or line.startswith("#"):
@@ -57,6 +64,7 @@ def owned_objects(text):
             dummy, chain, spec = (line.split(None, 2) + [""])[:3]
             if chain.startswith(CHAIN_PREFIX):
                 lines.setdefault(chain, []).append(spec)
+                counters.setdefault(chain, []).append(counter)
                 owned.append(line)
             elif chain in BUILTIN_CHAINS.values() and CHAIN_PREFIX in spec:
                 tokens = tokens_of(spec)
@@ -65,7 +73,25 @@ def owned_objects(text):
                     jumps.setdefault(chain, []).append((spec, tokens))
                     owned.append(line)
     digest = hashlib.sha256("\n".join(owned).encode("utf-8")).hexdigest()
-    return OwnedObjects(chains, lines, jumps, digest)
+    return OwnedObjects(chains, lines, jumps, digest, counters)
+
+
+def rule_counters(owned):
+    """{rule name: [packets, bytes]} summed over each rule's lines, of a listing with counters."""
+    totals = {}
+    for chain, specs in owned.lines.items():
+        for spec, counter in zip(specs, owned.counters.get(chain, ())):
+            name = _comment(spec)
+            if name is not None and counter is not None:
+                total = totals.setdefault(name, [0, 0])
+                total[0] += counter[0]
+                total[1] += counter[1]
+    return totals
+
+
+def _comment(spec):
+    tokens = tokens_of(spec)
+    return tokens[tokens.index("--comment") + 1] if "--comment" in tokens[:-1] else None
 
 
 def parse_owned(family, owned):

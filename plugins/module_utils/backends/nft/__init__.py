@@ -76,40 +76,41 @@ class NftBackend(NatBackend):
     def normalize(self, entries):
         return normalize(entries)
 
-    def read(self, run_command, record=None):
+    def read(self, run_command, record=None, counters=False):
         markers = owned_tables(run_listing(run_command, LIST_CHAINS_ARGV, "nft chains"))
-        facts = {"tables": set(markers), "markers": markers, "stamp": _common_stamp(markers), "unrecognized": []}
+        facts = {"tables": set(markers), "markers": markers, "stamp": _common_stamp(markers), "unrecognized": [], "counters": {}}
         if not markers:
             return HostState([], facts)
-        if record is not None and facts["stamp"] is not None and record.stamp == facts["stamp"] \
+        if record is not None and not counters and facts["stamp"] is not None and record.stamp == facts["stamp"] \
                 and set(entry.family for entry in record.entries) == facts["tables"]:
             return HostState(list(record.entries), dict(facts, from_record=True))
         outputs = dict((family, run_listing(run_command, list_table_argv(family), "%s %s table" % (NFT_FAMILIES[family], TABLE)))
                        for family in FAMILIES if family in markers)
-        entries, unrecognized = self._entries(outputs)
-        facts["unrecognized"] = unrecognized
+        entries, unrecognized, counters = self._entries(outputs)
+        facts.update(unrecognized=unrecognized, counters=counters)
         return HostState(entries, facts)
 
     def parse(self, outputs):
         """HostState of {family: ``nft -j list table`` output} (offline); facts: ``tables`` and ``unrecognized``."""
         present = dict((family, text) for family, text in outputs.items() if text and text.strip())
-        entries, unrecognized = self._entries(present)
+        entries, unrecognized, dummy = self._entries(present)
         return HostState(entries, {"tables": set(present), "unrecognized": unrecognized})
 
     def _entries(self, outputs):
-        """(entries, unrecognized) of the listed tables, families in FAMILIES order."""
-        entries, unrecognized = [], []
+        """(entries, unrecognized, counters) of the listed tables, families in FAMILIES order."""
+        entries, unrecognized, counters = [], [], {}
         for family in FAMILIES:
             if family not in outputs:
                 continue
-            rules, family_unrecognized = parse_family(family, json.loads(outputs[family])["nftables"])
+            rules, family_unrecognized, family_counters = parse_family(family, json.loads(outputs[family])["nftables"])
             unrecognized += family_unrecognized
+            counters.update(family_counters)
             for rule in rules:
                 try:
                     entries.append(self.entry(rule))
                 except RuleError as error:
                     unrecognized.append("%s %s: %s" % (NFT_FAMILIES[family], TABLE, error))
-        return entries, unrecognized
+        return entries, unrecognized, counters
 
     def render(self, desired, current, token):
         """One Transaction for both families: element changes when the skeletons stay, else the tables replaced."""

@@ -147,7 +147,8 @@ def statement_text(rule):
 
 
 def rule_text(rule):
-    return " ".join(match_texts(rule) + [statement_text(rule), "comment %s" % quote(rule.name)])
+    """An ordinary rule, with its own counter (read back per rule, as the elements of a verdict map have theirs)."""
+    return " ".join(match_texts(rule) + ["counter", statement_text(rule), "comment %s" % quote(rule.name)])
 
 
 # ---------------------------------------------------------------------------
@@ -330,7 +331,8 @@ class _PlanBuilder(object):
         map_name = "%s_%s%s_%d" % (hook, "saddr_" if shape.saddr else "", shape.destination, self._runs)
         key = key_expression(self.family, shape)
         self.base[hook].append("%s%s vmap @%s" % ("fib daddr type local " if shape.destination == "local" else "", key, map_name))
-        self.maps[map_name] = "type %s : verdict" % _key_type(self.family, shape)
+        # counter: every element (every rule of the run) counts its own packets.
+        self.maps[map_name] = "type %s : verdict; counter" % _key_type(self.family, shape)
         for entry in run:
             dummy, keys, matches, statement = entry.compiled
             data_name = None

@@ -193,6 +193,14 @@ def _matches(family, expressions):
     return fields
 
 
+def _counter(expressions):
+    """(expressions without the counter before the statement, [packets, bytes] or None)."""
+    if len(expressions) > 1 and "counter" in expressions[-2]:
+        counter = expressions[-2]["counter"]
+        return expressions[:-2] + expressions[-1:], [counter["packets"], counter["bytes"]]
+    return expressions, None
+
+
 def _rule_fields(family, expressions):
     """(type, fields) of one rule: matches, then exactly one final statement."""
     fields = _matches(family, expressions[:-1])
@@ -235,6 +243,8 @@ class TableListing(object):
         self.maps = {}
         self.rules_by_chain = collections.defaultdict(list)
         self.unrecognized = []
+        # {rule name: [packets, bytes]}: a rule's counter, or the sum of its elements' counters.
+        self.counters = {}
         self._endpoints = {}
         for item in objects:
             (kind, value), = item.items()
@@ -280,7 +290,10 @@ class TableListing(object):
 
     def _rule(self, chain, listed):
         _expect("comment" in listed, "rule without a name comment")
-        rule_type, fields = _rule_fields(self.family, listed["expr"])
+        expressions, counter = _counter(listed["expr"])
+        _expect(counter is not None, "rule without a counter")
+        rule_type, fields = _rule_fields(self.family, expressions)
+        self.counters[listed["comment"]] = counter
         return make_rule(name=listed["comment"], type=rule_type, chain=chain, family=self.family, **fields)
 
     def _rules_of(self, chain, listed):
@@ -298,6 +311,10 @@ class TableListing(object):
             values, name = _key_values(key)
             _expect(name is not None, "map element without a name comment")
             fields = self._element_fields(chain, shape, values, verdict["jump"]["target"])
+            counter = key.get("elem", {}).get("counter", {"packets": 0, "bytes": 0})
+            total = self.counters.setdefault(name, [0, 0])
+            total[0] += counter["packets"]
+            total[1] += counter["bytes"]
             counts[name] += 1
             if name not in fields_by_name:
                 fields_by_name[name] = dict(fields, source=set(fields.get("source", ())), destination=set(fields.get("destination", ())))
@@ -369,6 +386,6 @@ class TableListing(object):
 
 
 def parse_family(family, objects):
-    """(rules, unrecognized) of one family's listing (the ``nftables`` list of ``nft -j list table``)."""
+    """(rules, unrecognized, counters) of one family's listing (the ``nftables`` list of ``nft -j list table``)."""
     listing = TableListing(family, objects)
-    return listing.rules(), listing.unrecognized
+    return listing.rules(), listing.unrecognized, listing.counters

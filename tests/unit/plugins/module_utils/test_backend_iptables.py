@@ -406,3 +406,29 @@ def test_generated_rules_round_trip_and_change_through_the_kernel(pair, variant,
     state = backend.parse(outputs)
     assert contents(state.entries) == contents(entries(backend, second))
     assert state.facts["unrecognized"] == []
+
+
+@netns
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_counters_per_rule_from_a_listing_with_counters(variant, tmp_path):
+    """A connection from the namespace itself walks the output chain: its rule counts the packet."""
+    backend = IptablesBackend(variant)
+    rule = make_rule(name="to-local-service", type="dnat", chain="output", family="ipv4", destination=(net("127.0.0.2/32"),),
+                     protocol="tcp", destination_ports=(PortRange(80, 80),), to_destination=(Endpoint(addr("127.0.0.3"), 8080),))
+    [transaction] = render(backend, [rule])
+    script = tmp_path / "rules"
+    script.write_text(transaction.text)
+    connect = "import socket; s = socket.socket(); s.settimeout(1)\ntry: s.connect(('127.0.0.2', 80))\nexcept OSError: pass"
+    commands = ["ip link set lo up", "%s < %s" % (" ".join(transaction.apply_argv), script), "python3 -c %s" % shlex.quote(connect),
+                " ".join(backend.list_argv("ipv4", counters=True)), "echo @@ipv6", " ".join(backend.list_argv("ipv6", counters=True))]
+    result = subprocess.run(["unshare", "--net", "--", "sh", "-ec", "\n".join(commands)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, check=False)
+    assert result.returncode == 0, result.stderr
+    ipv4, ipv6 = result.stdout.split("@@ipv6\n")
+
+    def run_command(argv, data=None):
+        return 0, ipv6 if argv[0].startswith("ip6") else ipv4, ""
+
+    state = backend.read(run_command, counters=True)
+    assert state.facts["counters"]["to-local-service"][0] >= 1
+    assert contents(state.entries) == contents(entries(backend, [rule]))

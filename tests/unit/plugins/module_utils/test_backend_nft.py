@@ -158,8 +158,9 @@ def test_render_puts_keyed_rules_in_shared_maps():
         "\t\ttype nat hook prerouting priority dstnat; policy accept;",
         "\t\tip daddr . meta l4proto . th dport vmap @prerouting_daddr_1",
         "\t\tfib daddr type local meta l4proto . th dport vmap @prerouting_local_2",
-        '\t\tip saddr != 10.244.0.0/16 fib daddr type local meta mark set meta mark & 0xffffbfff | 0x00004000 comment "mark-external"',
+        '\t\tip saddr != 10.244.0.0/16 fib daddr type local counter meta mark set meta mark & 0xffffbfff | 0x00004000 comment "mark-external"',
     ]
+    assert "\tmap prerouting_daddr_1 {\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict; counter\n" in text
     assert '\t\t\t10.96.0.10 . tcp . 80 comment "svc/default/web:http" : jump dnat_' in text
     # Three endpoints: the run's data map keyed by the same key and numgen.
     assert "\tmap prerouting_daddr_1_dnat3 {\n\t\ttypeof ip daddr . meta l4proto . th dport . numgen random mod 3 : ip daddr . th dport\n" in text
@@ -286,24 +287,48 @@ def test_parse_missing_tables():
 
 def test_parse_reports_objects_it_did_not_write():
     listing = json.loads(recorded_outputs("matches_and_statements")["ipv4"])
-    hand_edits = [dict(expr=[{"counter": {"packets": 0, "bytes": 0}}, {"masquerade": None}], comment="counted"),
-                  dict(expr=[{"masquerade": None}]),
-                  dict(expr=[{"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"^": [{"meta": {"key": "mark"}}, 1]}}}],
-                       comment="toggle")]
+    counter = {"counter": {"packets": 0, "bytes": 0}}
+    hand_edits = [dict(expr=[{"log": None}, counter, {"masquerade": None}], comment="logged"),
+                  dict(expr=[counter, {"masquerade": None}]),
+                  dict(expr=[counter, {"mangle": {"key": {"meta": {"key": "mark"}}, "value": {"^": [{"meta": {"key": "mark"}}, 1]}}}],
+                       comment="toggle"),
+                  dict(expr=[{"masquerade": None}], comment="uncounted")]
     for handle, rule in enumerate(hand_edits, start=900):
         listing["nftables"].append({"rule": dict(rule, family="ip", table="nodenet_nat", chain="postrouting", handle=handle)})
     state = BACKEND.parse({"ipv4": json.dumps(listing)})
     expected = [rule for rule in case_rules("matches_and_statements") if rule.family == "ipv4"]
     assert contents(state.entries) == contents(entries_of(expected))
     assert state.facts["unrecognized"] == [
-        "ip nodenet_nat chain postrouting handle 900: statement counter before the last",
+        "ip nodenet_nat chain postrouting handle 900: statement log before the last",
         "ip nodenet_nat chain postrouting handle 901: rule without a name comment",
         "ip nodenet_nat chain postrouting handle 902: meta mark set that toggles bits",
+        "ip nodenet_nat chain postrouting handle 903: rule without a counter",
     ]
     listing = json.loads(recorded_outputs("kube_services_ipv4")["ipv4"])
     listing["nftables"].append({"chain": {"family": "ip", "table": "nodenet_nat", "name": "hand-made", "handle": 999}})
     assert BACKEND.parse({"ipv4": json.dumps(listing)}).facts["unrecognized"] == [
         "ip nodenet_nat hand-made: object this collection does not write"]
+
+
+def test_counters_per_rule_and_per_map_element():
+    listing = json.loads(recorded_outputs("kube_services_ipv4")["ipv4"])
+    for item in listing["nftables"]:
+        value = item.get("map") or item.get("rule") or {}
+        for element in value.get("elem", []) if "map" in item else []:
+            if "elem" in element[0]:
+                element[0]["elem"]["counter"] = {"packets": 3, "bytes": 180}
+        for expression in value.get("expr", []) if "rule" in item else []:
+            if "counter" in expression:
+                expression["counter"] = {"packets": 7, "bytes": 420}
+
+    def run_command(argv, data=None):
+        if argv == LIST_CHAINS_ARGV:
+            return 0, json.dumps({"nftables": [{"chain": {"family": "ip", "table": "nodenet_nat", "name": "state_x"}}]}), ""
+        return 0, json.dumps(listing), ""
+
+    counters = BACKEND.read(run_command).facts["counters"]
+    assert counters["svc/default/web:http"] == [3, 180] and counters["mark-external"] == [7, 420]
+    assert set(counters) == set(rule.name for rule in case_rules("kube_services_ipv4"))
 
 
 CHAINS_LISTING = json.dumps({"nftables": [
@@ -555,3 +580,22 @@ def test_delta_touches_elements_only_and_ends_like_a_full_replace():
     text = transactions[0].text
     assert "table" not in text.replace("ip nodenet_nat", "") and "add element" in text and "delete element" in text
     assert canonical_listing(via_delta) == canonical_listing(via_replace)
+
+
+def test_counters_count_real_packets_per_rule_and_per_element():
+    """Connections from the namespace itself walk the output chain: the keyed rule (a map element) and
+    the ordinary rule count their own packets."""
+    keyed = [rule_from_params(dict(name="svc-%d" % port, type="dnat", chain="output", destination=["127.0.0.2"], protocol="tcp",
+                                   destination_ports=[port], to_destination=["127.0.0.3:8080"]), 0) for port in (80, 81)]
+    ordinary = rule_from_params(dict(name="any-udp", type="dnat", chain="output", destination=["127.0.0.0/8"], protocol="udp",
+                                     to_destination=["127.0.0.3"]), 0)
+    connect = "import socket; s = socket.socket(); s.settimeout(1)\ntry: s.connect(('127.0.0.2', 80))\nexcept OSError: pass\n" \
+              "socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'x', ('127.0.0.9', 53))"
+
+    def traffic(run_command):
+        assert run_command(["ip", "link", "set", "lo", "up"])[0] == 0
+        assert run_command(["python3", "-c", connect])[0] == 0
+
+    dummy, dummy, state = run_in_netns([apply(render(keyed + [ordinary])), traffic, lambda run_command: BACKEND.read(run_command)])
+    counters = state.facts["counters"]
+    assert counters["svc-80"][0] >= 1 and counters["svc-81"] == [0, 0] and counters["any-udp"][0] == 1
