@@ -143,7 +143,10 @@ def module_run(namespace, workdir, params):
         json.dump({"ANSIBLE_MODULE_ARGS": params}, handle)
     timing = os.path.join(workdir, "time.txt")
     output = namespace.run(["/usr/bin/time", "-o", timing, "-f", "%e %M", sys.executable, MODULE, path], check=False)
-    result = json.loads(output.stdout)
+    try:
+        result = json.loads(output.stdout)
+    except ValueError:
+        raise RuntimeError("module printed no result (rc %s): %s" % (output.returncode, output.stderr[-3000:]))
     if result.get("failed"):
         raise RuntimeError("module failed: %s" % result.get("msg"))
     with open(timing) as handle:
@@ -316,7 +319,7 @@ def _machine():
 def plot(convergence, latency):
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as pyplot
+    from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(1, len(STEPS), figsize=(4 * len(STEPS), 4), sharey=True)
     for axis, step in zip(axes, STEPS):

@@ -1,21 +1,67 @@
 # -*- coding: utf-8 -*-
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The ``run_command(argv)`` callable that the module_utils take, built from an AnsibleModule."""
+"""The one contract between a module file and its engine in module_utils.
+
+Every engine is ``engine(params, host) -> result`` and raises ModuleFailure. ``host`` is what the
+engine may ask of the node: run a command (``host.run_command(argv, data=None)`` -> ``(rc, stdout,
+stderr)``), find a binary (``host.which(name)``), warn (``host.warn(message)``), and whether this is
+check mode or diff mode (``host.check_mode``, ``host.diff``). ModuleHost builds it from an
+AnsibleModule; unit tests pass their own. ``run_module`` is a module file's whole ``main()``.
+"""
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
 
+from ansible.module_utils.basic import AnsibleModule
 
-def command_runner(module):
-    """``run_command(argv) -> (rc, stdout, stderr)`` that finds ``argv[0]`` as get_bin_path does.
 
-    get_bin_path also searches /sbin and /usr/sbin, which a remote PATH may lack; a missing
-    command raises OSError(ENOENT), which the callers turn into a message naming what needed it.
-    """
-    def run_command(argv):
-        executable = module.get_bin_path(argv[0])
+class ModuleFailure(Exception):
+    """A failure the module reports with ``fail_json``; ``result`` holds what is known so far."""
+
+    def __init__(self, message, result=None):
+        super(ModuleFailure, self).__init__(message)
+        self.result = result or {}
+
+
+class ModuleHost(object):
+    """The node as an engine sees it, through an AnsibleModule."""
+
+    def __init__(self, module):
+        self.module = module
+        self.check_mode = module.check_mode
+        self.diff = module._diff
+
+    def which(self, name):
+        """The path of binary ``name`` or None; also searches /sbin and /usr/sbin, which a remote PATH may lack."""
+        return self.module.get_bin_path(name)
+
+    def run_command(self, argv, data=None):
+        """``(rc, stdout, stderr)`` of ``argv`` (no shell), ``data`` on stdin exactly as given.
+
+        A missing binary raises OSError(ENOENT), which callers turn into a message naming what needed it.
+        """
+        executable = self.which(argv[0])
         if executable is None:
             raise OSError(errno.ENOENT, "command not found", argv[0])
-        return module.run_command([executable] + list(argv[1:]))
-    return run_command
+        return self.module.run_command([executable] + list(argv[1:]), data=data, binary_data=True)
+
+    def warn(self, message):
+        self.module.warn(message)
+
+
+def run_module(argument_spec, engine, **module_options):
+    """A module's ``main()``: parse the arguments, run ``engine(params, host)``, report its result.
+
+    ``module_options`` go to AnsibleModule (mutually_exclusive, required_if ...); every module of
+    the collection supports check mode. A ``diff`` in the result is returned in diff mode only.
+    """
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True, **module_options)
+    host = ModuleHost(module)
+    try:
+        result = engine(module.params, host)
+    except ModuleFailure as failure:
+        module.fail_json(msg=str(failure), **failure.result)
+    if not host.diff:
+        result.pop("diff", None)
+    module.exit_json(**result)

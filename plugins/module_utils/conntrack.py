@@ -20,6 +20,7 @@ import collections
 import errno
 import os
 
+from ansible_collections.nodenet.nat.plugins.module_utils.commands import ModuleFailure
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import (
     SysctlError, file_problem, host_path, key_path, load_kernel_module, read_text, render_sysctl_conf, write_or_remove,
 )
@@ -42,6 +43,7 @@ TIMEOUT_KEYS = collections.OrderedDict([
 MAX_PER_HASH_BUCKET = 4
 ON_READONLY = ("fail", "warn", "skip")
 DEFAULT_SYSCTL_FILE = "/etc/sysctl.d/90-nodenet-nat-conntrack.conf"
+STATES = ("present", "absent")
 # The modprobe.d and modules-load.d companions of the sysctl file carry its file name.
 MODPROBE_DIR = "/etc/modprobe.d"
 MODULES_LOAD_DIR = "/etc/modules-load.d"
@@ -57,15 +59,26 @@ _READ_ONLY_HINT = ("nf_conntrack_max and the hash size can only be set from the 
 
 # One value this module manages: ``name`` as reported (sysctl key or /sys path), ``path`` below root,
 # ``raise_only``: never lower a higher value found on the host.
+ARGUMENT_SPEC = dict(
+    max=dict(type="int"),
+    max_per_core=dict(type="int"),
+    min=dict(type="int"),
+    raise_only=dict(type="bool", default=True),
+    hashsize=dict(type="int"),
+    timeouts=dict(type="dict", options=dict((option, dict(type="int")) for option in TIMEOUT_KEYS)),
+    tcp_be_liberal=dict(type="bool"),
+    on_readonly=dict(type="str", choices=list(ON_READONLY), default="warn"),
+    persist=dict(type="bool", default=True),
+    sysctl_file=dict(type="path", default=DEFAULT_SYSCTL_FILE),
+    state=dict(type="str", choices=list(STATES), default="present"),
+)
+MODULE_OPTIONS = dict(mutually_exclusive=[("max", "max_per_core")], required_by=dict(min="max_per_core"))
+
 Setting = collections.namedtuple("Setting", ["name", "path", "desired", "raise_only"])
 
 
-class ConntrackError(Exception):
+class ConntrackError(ModuleFailure):
     """A failure the module reports with ``fail_json``; ``result`` holds what is known so far."""
-
-    def __init__(self, message, result=None):
-        super(ConntrackError, self).__init__(message)
-        self.result = result or {}
 
 
 def validate_params(params):
@@ -179,12 +192,12 @@ def _with_hint(setting, reason):
 class ConntrackTuner(object):
     """One run: load nf_conntrack, set the keys, persist them; ``result`` collects what happened."""
 
-    def __init__(self, params, root, run_command, check_mode, warn):
+    def __init__(self, params, root, host):
         self.params = params
         self.root = root
-        self.run_command = run_command
-        self.check_mode = check_mode
-        self.warn = warn
+        self.run_command = host.run_command
+        self.check_mode = host.check_mode
+        self.warn = host.warn
         self.sysctl_file = params.get("sysctl_file") or DEFAULT_SYSCTL_FILE
         self.result = dict(changed=False, loaded_module=False, settings={}, skipped_keys=[], files={})
         self.diff = []
@@ -317,12 +330,12 @@ class ConntrackTuner(object):
                 self.fail(str(exc))
 
 
-def tune(params, root, run_command, check_mode=False, warn=None):
-    """Apply the conntrack ``params`` (the module's options) below ``root``; returns the module result.
+def tune(params, host, root="/"):
+    """The module's engine (commands.run_module): apply the conntrack ``params`` below ``root``; the module result.
 
     Raises ConntrackError, whose ``result`` holds what was done before the failure.
     """
-    tuner = ConntrackTuner(params, root, run_command, check_mode, (lambda message: None) if warn is None else warn)
+    tuner = ConntrackTuner(params, root, host)
     try:
         return tuner.run()
     except SysctlError as exc:

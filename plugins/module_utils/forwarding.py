@@ -15,6 +15,7 @@ import collections
 import os
 
 from ansible_collections.nodenet.nat.plugins.module_utils import sysctl
+from ansible_collections.nodenet.nat.plugins.module_utils.commands import ModuleFailure
 
 IPV4_FORWARD = "net.ipv4.ip_forward"
 IPV6_FORWARD = "net.ipv6.conf.all.forwarding"
@@ -28,6 +29,27 @@ OWNER_LINE = "Managed by nodenet.nat.forwarding; rewritten on every run, do not 
 RECORD_LINE = "Values before nodenet.nat.forwarding first set them (state=absent writes them back):"
 RESTORE_PREFIX = "restore "
 IFNAMSIZ = 16
+DEFAULT_SYSCTL_FILE = "/etc/sysctl.d/90-nodenet-nat.conf"
+STATES = ("present", "absent")
+
+_RP_FILTER_CHOICES = sorted(RP_FILTER_VALUES)
+ARGUMENT_SPEC = dict(
+    ipv4=dict(type="bool"),
+    ipv6=dict(type="bool"),
+    rp_filter=dict(type="str", choices=_RP_FILTER_CHOICES),
+    route_localnet=dict(type="bool"),
+    bridge_nf_call_iptables=dict(type="bool"),
+    interfaces=dict(type="list", elements="dict", options=dict(
+        name=dict(type="str", required=True),
+        forwarding=dict(type="bool"),
+        ipv6_forwarding=dict(type="bool"),
+        rp_filter=dict(type="str", choices=_RP_FILTER_CHOICES),
+        route_localnet=dict(type="bool"),
+    )),
+    persist=dict(type="bool", default=True),
+    sysctl_file=dict(type="path", default=DEFAULT_SYSCTL_FILE),
+    state=dict(type="str", choices=list(STATES), default="present"),
+)
 
 # One key the task manages; ``field`` names the option it comes from, for error messages.
 Setting = collections.namedtuple("Setting", ["key", "value", "field"])
@@ -36,7 +58,7 @@ Setting = collections.namedtuple("Setting", ["key", "value", "field"])
 FileChange = collections.namedtuple("FileChange", ["path", "shown", "before", "after"])
 
 
-class ForwardingError(Exception):
+class ForwardingError(ModuleFailure):
     """Bad input, or a host that cannot take the change; nothing is left half changed."""
 
 
@@ -179,17 +201,17 @@ def _file_problems(files):
     return [sysctl.file_problem(change.path) for change in files]
 
 
-def converge(params, root, check_mode, run_command):
-    """Run the module: the result dict for exit_json. Raises ForwardingError (message names field and value)."""
+def converge(params, host, root="/"):
+    """The module's engine (commands.run_module): the result dict. Raises ForwardingError (message names field and value)."""
     try:
         if params["state"] == "absent":
-            return _converge_absent(params, root, check_mode)
-        return _converge_present(params, root, check_mode, run_command)
+            return _converge_absent(params, root, host)
+        return _converge_present(params, root, host)
     except sysctl.SysctlError as exc:
         raise ForwardingError(str(exc))
 
 
-def _converge_present(params, root, check_mode, run_command):
+def _converge_present(params, root, host):
     settings = desired_settings(params)
     conf_file, modules_load_file = persisted_paths(params["sysctl_file"])
     bridge = params.get("bridge_nf_call_iptables")
@@ -211,8 +233,8 @@ def _converge_present(params, root, check_mode, run_command):
         problems.extend(_file_problems(files))
     _check(problems)
 
-    if load_bridge and not check_mode:
-        sysctl.load_kernel_module(run_command, BRIDGE_MODULE)
+    if load_bridge and not host.check_mode:
+        sysctl.load_kernel_module(host.run_command, BRIDGE_MODULE)
         _check(_key_problem(root, s) for s in settings if s.key in BRIDGE_KEYS)
 
     before = dict((s.key, sysctl.read_key(root, s.key)) for s in settings)
@@ -223,27 +245,28 @@ def _converge_present(params, root, check_mode, run_command):
         files[0] = files[0]._replace(after=render_owned_file(persisted_values, record))
     files = [change for change in files if change.before != change.after]
 
-    after = _commit(root, settings, before, changes, files, check_mode)
+    after = _commit(root, settings, before, changes, files, host.check_mode)
     return _result(settings, before, after, changes or load_bridge, files,
                    persisted_file=conf_file if params["persist"] else None,
-                   kernel_modules_loaded=[BRIDGE_MODULE] if load_bridge else [],
-                   warnings=[])
+                   kernel_modules_loaded=[BRIDGE_MODULE] if load_bridge else [])
 
 
-def _converge_absent(params, root, check_mode):
+def _converge_absent(params, root, host):
     files = [_file_change(root, shown) for shown in persisted_paths(params["sysctl_file"])]
     dummy, record = parse_owned_file(files[0].path, files[0].before)
     files = [change for change in files if change.before is not None]
     settings = [Setting(key, value, "sysctl_file") for key, value in record.items()]
     before = dict((s.key, sysctl.read_key(root, s.key)) for s in settings)
-    warnings = ["%s no longer exists; its recorded value %s was not restored" % (s.key, s.value) for s in settings if before[s.key] is None]
+    for setting in settings:
+        if before[setting.key] is None:
+            host.warn("%s no longer exists; its recorded value %s was not restored" % (setting.key, setting.value))
     present = [s for s in settings if before[s.key] is not None]
     changes = plan_changes(present, before)
     changed_keys = set(change[0] for change in changes)
     _check([_key_problem(root, s) for s in present if s.key in changed_keys] + _file_problems(files))
 
-    after = _commit(root, settings, before, changes, files, check_mode)
-    return _result(settings, before, after, changes, files, persisted_file=None, kernel_modules_loaded=[], warnings=warnings)
+    after = _commit(root, settings, before, changes, files, host.check_mode)
+    return _result(settings, before, after, changes, files, persisted_file=None, kernel_modules_loaded=[])
 
 
 def _unknown_interface(root, index, interface):

@@ -20,7 +20,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.conntrack import MAX_KEY
 from ansible_collections.nodenet.nat.plugins.module_utils.forwarding import BRIDGE_KEYS, IPV4_FORWARD, IPV6_FORWARD, conf_key
-from ansible_collections.nodenet.nat.plugins.module_utils.model import rule_to_params
+from ansible_collections.nodenet.nat.plugins.module_utils.model.dicts import rule_to_params
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import host_path, key_path, read_key, read_text
 
 DEFAULT_CONNTRACK_THRESHOLD = 90

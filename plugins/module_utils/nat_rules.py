@@ -21,12 +21,12 @@ import os
 import re
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import BackendError, HostState, content, entry_params
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import BackendUnavailable, select_backend
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import BACKEND_CHOICES, BackendUnavailable, select_backend
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import VARIANT_OF_BACKEND, IptablesBackend
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import NftBackend
-from ansible_collections.nodenet.nat.plugins.module_utils.model import (
-    CHAINS, FAMILIES, RuleError, rule_from_params, rule_names,
-)
+from ansible_collections.nodenet.nat.plugins.module_utils.model import CHAINS, FAMILIES, RuleError
+from ansible_collections.nodenet.nat.plugins.module_utils.model.params import rule_from_params, rule_names
+from ansible_collections.nodenet.nat.plugins.module_utils.commands import ModuleFailure
 from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordError, RecordStore
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlError, read_text, write_file_atomic
 
@@ -37,17 +37,25 @@ RESULT_RULES = ("summary", "changed", "all")
 # Where ``persist`` writes the owned ruleset when ``persist_path`` is not given.
 DEFAULT_PERSIST_PATHS = {"nft": "/etc/nftables.d/nodenet-nat.nft", "iptables": "/etc/iptables/nodenet-nat.rules"}
 PERSIST_HEADER = "# Managed by nodenet.nat.nat_rules (owned NAT rules only); changes here are overwritten.\n"
+ARGUMENT_SPEC = dict(
+    # Items are checked by model.rule_from_params, not by ansible (see the option's documentation).
+    config=dict(type="raw"),
+    state=dict(type="str", choices=list(STATES), default="merged"),
+    backend=dict(type="str", choices=list(BACKEND_CHOICES), default="auto"),
+    scope=dict(type="str"),
+    running_config=dict(type="str"),
+    persist=dict(type="bool", default=False),
+    persist_path=dict(type="path"),
+    result_rules=dict(type="str", choices=list(RESULT_RULES), default="summary"),
+)
+MODULE_OPTIONS = dict(required_if=[("state", "parsed", ["running_config"])])
 # Fields whose value says which addresses a rule uses; giving one of them in ``merged``
 # re-infers the family instead of keeping the existing rule's.
 _ADDRESS_FIELDS = ("source", "destination", "to_source", "to_destination")
 
 
-class NatRulesError(Exception):
+class NatRulesError(ModuleFailure):
     """A failure the module reports with ``fail_json``; ``result`` holds what is known so far."""
-
-    def __init__(self, message, result=None):
-        super(NatRulesError, self).__init__(message)
-        self.result = result or {}
 
 
 _RANKS = dict(((family, chain), rank) for rank, (family, chain) in enumerate((family, chain) for family in FAMILIES for chain in CHAINS))
@@ -276,22 +284,32 @@ class _Change(object):
         return bool(self.drift) or [content(entry) for entry in self.desired] != [content(entry) for entry in self.current]
 
 
+def invocation(params):
+    """The arguments the result echoes: unless all rules are asked for, config's size instead of the rules
+    (echoing ten thousand rules costs more than the run)."""
+    config = params.get("config")
+    if params.get("result_rules") == "all" or not config:
+        return dict(module_args=params)
+    size = "%d characters" % len(config) if isinstance(config, str) else "%d rules" % len(config)
+    return dict(module_args=dict(params, config="(%s; result_rules=all shows them)" % size))
+
+
 class NatRulesRun(object):
     """One module invocation.
 
-    ``select_backend(requested)`` -> (NatBackend, reason) may run read-only commands (state
-    ``auto`` detection); ``offline_backend(name)`` -> NatBackend must not (rendered, parsed).
-    ``store`` is the RecordStore (lock and run record) of the host.
+    ``host`` runs commands and says check/diff mode (commands.py); ``select_backend(requested)`` ->
+    (NatBackend, reason) may run read-only commands (state ``auto`` detection); ``offline_backend(name)``
+    -> NatBackend must not (rendered, parsed). ``store`` is the RecordStore (lock and run record) of the host.
     """
 
-    def __init__(self, params, run_command, select_backend, offline_backend, store, check_mode=False, diff=False):
+    def __init__(self, params, host, select_backend, offline_backend, store):
         self.params = params
-        self.run_command = run_command
+        self.run_command = host.run_command
         self.select_backend = select_backend
         self.offline_backend = offline_backend
         self.store = store
-        self.check_mode = check_mode
-        self.diff = diff
+        self.check_mode = host.check_mode
+        self.diff = host.diff
         self.scope = params.get("scope") or ""
 
     def run(self):
@@ -301,10 +319,16 @@ class NatRulesRun(object):
             config = config_items(self.params.get("config"))
             with gc_paused():
                 if state in OFFLINE_STATES:
-                    return self._offline(state, config)
-                return self._online(state, config)
+                    result = self._offline(state, config)
+                else:
+                    result = self._online(state, config)
         except (RuleError, BackendError, RecordError) as error:
-            raise NatRulesError(str(error))
+            raise NatRulesError(str(error), dict(invocation=invocation(self.params)))
+        except NatRulesError as error:
+            error.result["invocation"] = invocation(self.params)
+            raise
+        result["invocation"] = invocation(self.params)
+        return result
 
     def _offline(self, state, config):
         requested = self.params["backend"]
@@ -424,10 +448,7 @@ class NatRulesRun(object):
                 result["diff"] = dict(before=dict(rules=listed["before"]), after=dict(rules=listed["after"]))
 
 
-def run_nat_rules(params, run_command, which, check_mode=False, diff=False, store=None):
-    """The module's result for ``params`` on this host; raises NatRulesError.
-
-    ``run_command(argv, data=None)`` -> (rc, stdout, stderr); ``which(name)`` -> path or None.
-    """
-    return NatRulesRun(params, run_command, lambda requested: select_backend(requested, run_command, which), offline_backend,
-                       store or RecordStore(), check_mode=check_mode, diff=diff).run()
+def run_nat_rules(params, host, store=None):
+    """The module's engine (commands.run_module): the result for ``params`` on this host; raises NatRulesError."""
+    return NatRulesRun(params, host, lambda requested: select_backend(requested, host.run_command, host.which), offline_backend,
+                       store or RecordStore()).run()

@@ -212,48 +212,12 @@ files:
     /etc/modules-load.d/90-nodenet-nat-conntrack.conf: unchanged
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.nodenet.nat.plugins.module_utils.commands import command_runner
-from ansible_collections.nodenet.nat.plugins.module_utils.conntrack import ConntrackError, tune
+from ansible_collections.nodenet.nat.plugins.module_utils.commands import run_module
+from ansible_collections.nodenet.nat.plugins.module_utils.conntrack import ARGUMENT_SPEC, MODULE_OPTIONS, tune
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            max=dict(type="int"),
-            max_per_core=dict(type="int"),
-            min=dict(type="int"),
-            raise_only=dict(type="bool", default=True),
-            hashsize=dict(type="int"),
-            timeouts=dict(type="dict", options=dict(
-                tcp_established=dict(type="int"),
-                tcp_close_wait=dict(type="int"),
-                tcp_time_wait=dict(type="int"),
-                udp=dict(type="int"),
-                udp_stream=dict(type="int"),
-                generic=dict(type="int"),
-            )),
-            tcp_be_liberal=dict(type="bool"),
-            on_readonly=dict(type="str", choices=["fail", "warn", "skip"], default="warn"),
-            persist=dict(type="bool", default=True),
-            sysctl_file=dict(type="path", default="/etc/sysctl.d/90-nodenet-nat-conntrack.conf"),
-            state=dict(type="str", choices=["present", "absent"], default="present"),
-        ),
-        mutually_exclusive=[("max", "max_per_core")],
-        required_by=dict(min="max_per_core"),
-        supports_check_mode=True,
-    )
-
-    run_command = command_runner(module)
-
-    try:
-        result = tune(module.params, "/", run_command, module.check_mode, module.warn)
-    except ConntrackError as exc:
-        module.fail_json(msg=str(exc), **exc.result)
-    if not module._diff:
-        result.pop("diff", None)
-    module.exit_json(**result)
+    run_module(ARGUMENT_SPEC, tune, **MODULE_OPTIONS)
 
 
 if __name__ == "__main__":

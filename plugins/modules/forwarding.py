@@ -172,47 +172,12 @@ kernel_modules_loaded:
   sample: [br_netfilter]
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.nodenet.nat.plugins.module_utils.commands import command_runner
-from ansible_collections.nodenet.nat.plugins.module_utils.forwarding import ForwardingError, converge
-
-RP_FILTER_CHOICES = ["strict", "loose", "off"]
+from ansible_collections.nodenet.nat.plugins.module_utils.commands import run_module
+from ansible_collections.nodenet.nat.plugins.module_utils.forwarding import ARGUMENT_SPEC, converge
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            ipv4=dict(type="bool"),
-            ipv6=dict(type="bool"),
-            rp_filter=dict(type="str", choices=RP_FILTER_CHOICES),
-            route_localnet=dict(type="bool"),
-            bridge_nf_call_iptables=dict(type="bool"),
-            interfaces=dict(type="list", elements="dict", options=dict(
-                name=dict(type="str", required=True),
-                forwarding=dict(type="bool"),
-                ipv6_forwarding=dict(type="bool"),
-                rp_filter=dict(type="str", choices=RP_FILTER_CHOICES),
-                route_localnet=dict(type="bool"),
-            )),
-            persist=dict(type="bool", default=True),
-            sysctl_file=dict(type="path", default="/etc/sysctl.d/90-nodenet-nat.conf"),
-            state=dict(type="str", choices=["present", "absent"], default="present"),
-        ),
-        supports_check_mode=True,
-    )
-
-    run_command = command_runner(module)
-
-    try:
-        result = converge(module.params, "/", module.check_mode, run_command)
-    except ForwardingError as exc:
-        module.fail_json(msg=str(exc))
-    for warning in result.pop("warnings"):
-        module.warn(warning)
-    if not module._diff:
-        del result["diff"]
-    module.exit_json(**result)
+    run_module(ARGUMENT_SPEC, converge)
 
 
 if __name__ == "__main__":

@@ -450,43 +450,12 @@ persisted:
   sample: [/etc/nftables.d/nodenet-nat.nft]
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import BACKEND_CHOICES
-from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import RESULT_RULES, STATES, NatRulesError, run_nat_rules
+from ansible_collections.nodenet.nat.plugins.module_utils.commands import run_module
+from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import ARGUMENT_SPEC, MODULE_OPTIONS, run_nat_rules
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            config=dict(type="raw"),
-            state=dict(type="str", choices=list(STATES), default="merged"),
-            backend=dict(type="str", choices=list(BACKEND_CHOICES), default="auto"),
-            scope=dict(type="str"),
-            running_config=dict(type="str"),
-            persist=dict(type="bool", default=False),
-            persist_path=dict(type="path"),
-            result_rules=dict(type="str", choices=list(RESULT_RULES), default="summary"),
-        ),
-        required_if=[("state", "parsed", ["running_config"])],
-        supports_check_mode=True,
-    )
-
-    def run_command(argv, data=None):
-        # binary_data: the script goes to stdin exactly as rendered (no extra newline).
-        return module.run_command(argv, data=data, binary_data=True)
-
-    invocation = dict(module_args=module.params)
-    config = module.params["config"]
-    if module.params["result_rules"] != "all" and config:
-        # The invocation echoes the arguments: say how big config was rather than repeat ten thousand rules.
-        size = "%d characters" % len(config) if isinstance(config, str) else "%d rules" % len(config)
-        invocation["module_args"] = dict(module.params, config="(%s; result_rules=all shows them)" % size)
-    try:
-        result = run_nat_rules(module.params, run_command, module.get_bin_path, check_mode=module.check_mode, diff=module._diff)
-    except NatRulesError as error:
-        module.fail_json(msg=str(error), invocation=invocation, **error.result)
-    module.exit_json(invocation=invocation, **result)
+    run_module(ARGUMENT_SPEC, run_nat_rules, **MODULE_OPTIONS)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ if not os.path.lexists(_LINK):
     os.symlink(_REPO, _LINK)
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
+# The tests' own helpers (support.py) import as a top-level module.
+if os.path.dirname(__file__) not in sys.path:
+    sys.path.insert(0, os.path.dirname(__file__))
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ __metaclass__ = type
 
 import collections
 
-from ansible_collections.nodenet.nat.plugins.module_utils.model import rule_from_params, rule_from_record, rule_to_params
+from ansible_collections.nodenet.nat.plugins.module_utils.model.dicts import rule_from_record, rule_to_params
+from ansible_collections.nodenet.nat.plugins.module_utils.model.params import rule_from_params
 
 # One transaction: ``text`` is fed on stdin to ``check_argv`` (validation, changes nothing) or to
 # ``apply_argv``; ``families`` are those it changes. One transaction is atomic by itself.

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState, content
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import IptablesBackend, UnsupportedRule
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
-    CHAINS_BY_TYPE, CT_STATES, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS,
-    Endpoint, Mark, PortRange, RuleError, make_rule, normalize_ct_states, normalize_networks, normalize_port_ranges,
+    CHAINS_BY_TYPE, CT_STATES, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS, Endpoint, Mark, PortRange,
+    RuleError, make_rule, normalize_ct_states, normalize_networks, normalize_port_ranges,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import canonical_order
 

@@ -28,10 +28,11 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import (
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft.compile import normalize
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
-    CHAINS_BY_TYPE, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS, RULE_TYPES,
-    Endpoint, Mark, PortRange, make_rule, normalize_ct_states, normalize_networks, normalize_port_ranges,
-    rule_from_params, rule_to_params, rules_from_config,
+    CHAINS_BY_TYPE, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS, RULE_TYPES, Endpoint, Mark, PortRange,
+    make_rule, normalize_ct_states, normalize_networks, normalize_port_ranges,
 )
+from ansible_collections.nodenet.nat.plugins.module_utils.model.dicts import rule_to_params
+from ansible_collections.nodenet.nat.plugins.module_utils.model.params import rule_from_params, rules_from_config
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import canonical_order
 from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RunRecord
 
@@ -596,6 +597,6 @@ def test_counters_count_real_packets_per_rule_and_per_element():
         assert run_command(["ip", "link", "set", "lo", "up"])[0] == 0
         assert run_command(["python3", "-c", connect])[0] == 0
 
-    dummy, dummy, state = run_in_netns([apply(render(keyed + [ordinary])), traffic, lambda run_command: BACKEND.read(run_command)])
+    dummy, dummy, state = run_in_netns([apply(render(keyed + [ordinary])), traffic, BACKEND.read])
     counters = state.facts["counters"]
     assert counters["svc-80"][0] >= 1 and counters["svc-81"] == [0, 0] and counters["any-udp"][0] == 1

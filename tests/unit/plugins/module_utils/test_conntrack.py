@@ -13,6 +13,7 @@ import pytest
 
 from ansible_collections.nodenet.nat.plugins.module_utils import conntrack
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import host_path, key_path
+from support import FakeHost
 
 RECORDED_NODE = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "proc", "node", "root")
 MAX = conntrack.MAX_KEY
@@ -89,7 +90,11 @@ def refuse_writes(monkeypatch, root, refusals):
 
 
 def tune(root, params, check_mode=False, runner=None, warnings=None):
-    return conntrack.tune(params, root, runner or FakeRunner(root), check_mode, warnings)
+    host = FakeHost(runner or FakeRunner(root), check_mode=check_mode)
+    result = conntrack.tune(params, host, root)
+    if warnings is not None:
+        warnings.extend(host.warnings)
+    return result
 
 
 @pytest.mark.parametrize("cpu_list, count", [("0", 1), ("0-1", 2), ("0-3,6,8-9", 7), ("0-63\n", 64)])

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from ansible_collections.nodenet.nat.plugins.module_utils import forwarding, sysctl
+from support import FakeHost
 
 CONF = "/etc/sysctl.d/90-nodenet-nat.conf"
 MODULES_LOAD = "/etc/modules-load.d/90-nodenet-nat.conf"
@@ -84,7 +85,11 @@ def no_commands(argv):
 
 
 def converge(root, check_mode=False, run_command=no_commands, **options):
-    return forwarding.converge(params(**options), root, check_mode, run_command)
+    """The engine's result, with the warnings it gave as ``warnings``."""
+    host = FakeHost(run_command, check_mode=check_mode)
+    result = forwarding.converge(params(**options), host, root)
+    result["warnings"] = host.warnings
+    return result
 
 
 NODE_OPTIONS = dict(ipv4=True, rp_filter="loose", interfaces=[interface("eth0.100", forwarding=False, route_localnet=True)])

@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
-    CHAINS, CHAINS_BY_TYPE, CT_STATES, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS, RULE_OPTIONS,
-    RULE_TYPES, Endpoint, Mark, PortRange, RuleError, make_rule, rule_from_params, rule_to_params, rules_from_config,
+    CHAINS, CHAINS_BY_TYPE, CT_STATES, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS, RULE_TYPES, Endpoint,
+    Mark, PortRange, RuleError, make_rule,
 )
+from ansible_collections.nodenet.nat.plugins.module_utils.model.dicts import rule_to_params
+from ansible_collections.nodenet.nat.plugins.module_utils.model.params import RULE_OPTIONS, rule_from_params, rules_from_config
 
 
 def _error(params, index=2):

@@ -16,12 +16,15 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import (
     BackendError, HostState, NatBackend, Transaction, content, entry_params, entry_rule,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import NftBackend
-from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES, rule_from_params, rule_to_params, rules_from_config
+from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES
+from ansible_collections.nodenet.nat.plugins.module_utils.model.dicts import rule_to_params
+from ansible_collections.nodenet.nat.plugins.module_utils.model.params import rule_from_params, rules_from_config
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import (
     NatRulesError, NatRulesRun, canonical_order, config_entries, desired_entries, merge_params, offline_backend, run_nat_rules,
     running_config_family,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordStore
+from support import FakeHost
 
 EGRESS = dict(name="egress", type="masquerade", source=["10.244.0.0/16"], random_fully=True)
 EXEMPT = dict(name="exempt", type="return", source=["10.244.0.0/16"], destination=["10.244.0.0/16"])
@@ -40,7 +43,7 @@ def _names(rules):
 # -- desired ruleset per state ------------------------------------------------------------------
 
 class FakeBackend(NatBackend):
-    """Compiles a rule to its params; stores rules as JSON per family on a FakeHost; validation fails
+    """Compiles a rule to its params; stores rules as JSON per family on a FakeNode; validation fails
     for a rule named in ``refuse``."""
 
     name = "fake"
@@ -157,7 +160,7 @@ def test_a_config_item_equal_to_the_one_an_entry_came_from_is_that_entry():
 
 # -- the flow, with a fake backend and a fake host ----------------------------------------------
 
-class FakeHost(object):
+class FakeNode(object):
     """The runner: answers fake-list from its state, fake-apply changes it; records every call."""
 
     def __init__(self, *configs):
@@ -187,14 +190,16 @@ def _params(state, config=None, **params):
                      result_rules="all"), **params)
 
 
-def _run(host, state, config=None, check_mode=False, diff=False, backend=None, store=None, **params):
+def _run(node, state, config=None, check_mode=False, diff=False, backend=None, store=None, **params):
     backend = backend or FakeBackend()
-    return NatRulesRun(_params(state, config, **params), host, lambda requested: (backend, "fake reason"), lambda name: backend,
-                       store or RecordStore(tempfile.mkdtemp()), check_mode=check_mode, diff=diff).run()
+    result = NatRulesRun(_params(state, config, **params), FakeHost(node, check_mode=check_mode, diff=diff),
+                         lambda requested: (backend, "fake reason"), lambda name: backend, store or RecordStore(tempfile.mkdtemp())).run()
+    del result["invocation"]
+    return result
 
 
 def test_apply_then_second_run_is_unchanged():
-    host = FakeHost(EGRESS)
+    host = FakeNode(EGRESS)
     result = _run(host, "merged", [WEB, EGRESS6])
     assert result["changed"] is True
     # Two transactions (one per family): both validate before either applies; nothing is read back.
@@ -212,13 +217,13 @@ def test_apply_then_second_run_is_unchanged():
 
 
 def test_one_transaction_applies_without_a_separate_validation():
-    host = FakeHost()
+    host = FakeNode()
     assert _run(host, "merged", [EGRESS])["changed"] is True
     assert host.calls == ["fake-list", "fake-list", "fake-apply"]
 
 
 def test_result_lists_rules_as_result_rules_asks():
-    host = FakeHost(EGRESS, EXEMPT, WEB)
+    host = FakeNode(EGRESS, EXEMPT, WEB)
     summary = _run(host, "merged", [dict(name="web", destination_ports=[30081])], result_rules="summary", diff=True)
     assert summary["summary"] == dict(before=3, after=3, added=[], removed=[], changed=["web"], families=["ipv4"])
     assert "before" not in summary and "after" not in summary
@@ -234,7 +239,7 @@ def test_result_lists_rules_as_result_rules_asks():
 
 
 def test_check_mode_runs_only_checks_and_predicts_after():
-    host = FakeHost(EGRESS)
+    host = FakeNode(EGRESS)
     before_state = dict(host.state)
     result = _run(host, "overridden", [WEB], check_mode=True, diff=True)
     assert result["changed"] is True
@@ -246,7 +251,7 @@ def test_check_mode_runs_only_checks_and_predicts_after():
 
 
 def test_failed_check_applies_nothing_in_any_family():
-    host = FakeHost()
+    host = FakeNode()
     with pytest.raises(NatRulesError) as caught:
         _run(host, "merged", [EGRESS, EGRESS6], backend=FakeBackend(refuse=("egress6",)))
     assert "validation of the ipv6 ruleset failed (rc=1) running fake-check refuse: line 1: no such thing" in str(caught.value)
@@ -255,14 +260,14 @@ def test_failed_check_applies_nothing_in_any_family():
 
 
 def test_invalid_input_fails_before_any_command_changes_the_host():
-    host = FakeHost(EGRESS)
+    host = FakeNode(EGRESS)
     with pytest.raises(NatRulesError, match=r"config\[1\] \(name=bad\): destination: '10.0.0.300/24' is not a valid network"):
         _run(host, "overridden", [WEB, dict(name="bad", type="masquerade", destination=["10.0.0.300/24"])])
     assert set(host.calls) == {"fake-list"}
 
 
 def test_gathered_reads_only():
-    host = FakeHost(EGRESS, EGRESS6)
+    host = FakeNode(EGRESS, EGRESS6)
     result = _run(host, "gathered")
     assert result == dict(changed=False, backend="fake", backend_reason="fake reason",
                           gathered=[rule_to_params(rule) for rule in _rules(EGRESS, EGRESS6)])
@@ -270,7 +275,7 @@ def test_gathered_reads_only():
 
 
 def test_deleted_everything_leaves_nothing_owned():
-    host = FakeHost(EGRESS, EGRESS6)
+    host = FakeNode(EGRESS, EGRESS6)
     result = _run(host, "deleted")
     assert result["changed"] is True and result["after"] == []
     assert host.state == {"ipv4": "[]", "ipv6": "[]"}
@@ -282,7 +287,7 @@ def test_drift_is_reported_and_rewritten_although_rules_are_equal():
             state = super(DriftingBackend, self).read(run_command, record)
             return state._replace(facts={"unrecognized": ["ipv4 NODENET-POSTROUTING: hand edit"]})
 
-    host = FakeHost(EGRESS)
+    host = FakeNode(EGRESS)
     result = _run(host, "merged", [EGRESS], backend=DriftingBackend())
     assert result["changed"] is True and result["drift"] == ["ipv4 NODENET-POSTROUTING: hand edit"]
     assert "fake-apply" in host.calls
@@ -305,7 +310,7 @@ def test_no_nft_table_reads_as_nothing_owned():
 
 
 def test_persist_writes_the_fresh_host_script_once(tmp_path):
-    host = FakeHost()
+    host = FakeNode()
     path = str(tmp_path / "etc" / "nat.rules")
     result = _run(host, "merged", [EGRESS, EGRESS6], persist=True, persist_path=path)
     assert result["persisted"] == [path, path + "6"]
@@ -319,7 +324,7 @@ def test_persist_writes_the_fresh_host_script_once(tmp_path):
 
 def test_persist_in_check_mode_writes_nothing(tmp_path):
     path = str(tmp_path / "nat.rules")
-    result = _run(FakeHost(EGRESS), "merged", [EGRESS], check_mode=True, persist=True, persist_path=path)
+    result = _run(FakeNode(EGRESS), "merged", [EGRESS], check_mode=True, persist=True, persist_path=path)
     assert result["changed"] is True and result["persisted"] == [path, path + "6"]
     assert list(tmp_path.iterdir()) == []
 
@@ -328,8 +333,8 @@ def test_runs_take_turns_on_the_host_lock(tmp_path):
     directory = str(tmp_path / "run")
     with RecordStore(directory):
         with pytest.raises(NatRulesError, match="another nat_rules run held .*/lock for 0 s"):
-            _run(FakeHost(), "merged", [EGRESS], store=RecordStore(directory, lock_timeout=0))
-    assert _run(FakeHost(), "merged", [EGRESS], store=RecordStore(directory, lock_timeout=0))["changed"] is True
+            _run(FakeNode(), "merged", [EGRESS], store=RecordStore(directory, lock_timeout=0))
+    assert _run(FakeNode(), "merged", [EGRESS], store=RecordStore(directory, lock_timeout=0))["changed"] is True
 
 
 # -- offline states ---------------------------------------------------------------------------
@@ -341,7 +346,9 @@ def _fail_on_call(argv, data=None):
 
 def _offline(state, backend, **params):
     params = dict(dict(state=state, config=None, backend=backend, running_config=None, persist=False, persist_path=None), **params)
-    return NatRulesRun(params, _fail_on_call, _fail_on_call, offline_backend, None).run()
+    result = NatRulesRun(params, FakeHost(_fail_on_call), _fail_on_call, offline_backend, None).run()
+    del result["invocation"]
+    return result
 
 
 def test_rendered_needs_an_explicit_backend():
@@ -417,7 +424,7 @@ def test_running_config_family(text, family):
 def test_no_installed_backend_fails_with_a_message():
     with pytest.raises(NatRulesError, match="backend: nft was requested but the nft binary is not installed"):
         run_nat_rules(dict(state="gathered", config=None, backend="nft", running_config=None, persist=False, persist_path=None),
-                      _fail_on_call, lambda name: None, store=RecordStore(tempfile.mkdtemp()))
+                      FakeHost(_fail_on_call, which=lambda name: None), store=RecordStore(tempfile.mkdtemp()))
 
 
 # -- the real backends, in a throwaway network namespace ---------------------------------------
@@ -465,8 +472,8 @@ def test_real_backend_converges_idempotently_in_a_namespace(namespace_runner, ba
     backend = offline_backend(backend_name)
     for state, config, changed in steps:
         params = _params(state, config, backend=backend_name)
-        check = NatRulesRun(params, namespace_runner, lambda requested: (backend, "test"), offline_backend, store, check_mode=True).run()
-        result = NatRulesRun(params, namespace_runner, lambda requested: (backend, "test"), offline_backend, store).run()
+        check = NatRulesRun(params, FakeHost(namespace_runner, check_mode=True), lambda requested: (backend, "test"), offline_backend, store).run()
+        result = NatRulesRun(params, FakeHost(namespace_runner), lambda requested: (backend, "test"), offline_backend, store).run()
         assert (check["changed"], result["changed"]) == (changed, changed), (state, config, result)
         assert "drift" not in result, result
         assert check["after"] == result["after"], (state, config)
@@ -484,7 +491,7 @@ def test_a_hand_edit_behind_the_record_is_repaired_by_a_full_read(namespace_runn
                      to_destination=["10.244.1.%d:80" % index]) for index in range(1, 4)]
 
     def converge(config):
-        return NatRulesRun(_params("overridden", config, backend="nft"), namespace_runner, lambda requested: (backend, "test"),
+        return NatRulesRun(_params("overridden", config, backend="nft"), FakeHost(namespace_runner), lambda requested: (backend, "test"),
                            offline_backend, store).run()
 
     converge(services)
@@ -505,7 +512,7 @@ TEAM_B = dict(name="b-egress", type="masquerade", source=["10.20.0.0/16"], mark=
 
 
 def test_scoped_overridden_keeps_other_rules_and_replaces_the_scope_in_place():
-    host = FakeHost(TEAM_A, TEAM_B_MARK, TEAM_B, EGRESS)
+    host = FakeNode(TEAM_A, TEAM_B_MARK, TEAM_B, EGRESS)
     result = _run(host, "overridden", [dict(TEAM_B, name="b-egress-2")], scope="b-")
     assert _names(_rules(*result["before"])) == ["b-mark", "b-egress"]
     assert _names(_rules(*result["after"])) == ["b-egress-2"]
@@ -513,7 +520,7 @@ def test_scoped_overridden_keeps_other_rules_and_replaces_the_scope_in_place():
 
 
 def test_scopes_converge_to_a_stable_order_whatever_order_they_run_in():
-    host = FakeHost()
+    host = FakeNode()
     for scope, config in (("a-", [TEAM_A]), ("b-", [TEAM_B_MARK, TEAM_B]), ("a-", [TEAM_A]), ("b-", [TEAM_B_MARK, TEAM_B])):
         result = _run(host, "overridden", config, scope=scope)
     assert result["changed"] is False
@@ -521,19 +528,19 @@ def test_scopes_converge_to_a_stable_order_whatever_order_they_run_in():
 
 
 def test_scoped_deleted_without_config_removes_only_the_scope():
-    host = FakeHost(TEAM_A, TEAM_B_MARK, TEAM_B)
+    host = FakeNode(TEAM_A, TEAM_B_MARK, TEAM_B)
     result = _run(host, "deleted", [], scope="b-")
     assert result["changed"] is True and result["after"] == []
     assert _names(_rules(*_run(host, "gathered").get("gathered"))) == ["a-egress"]
 
 
 def test_scoped_gathered_lists_only_the_scope():
-    host = FakeHost(TEAM_A, TEAM_B)
+    host = FakeNode(TEAM_A, TEAM_B)
     assert _names(_rules(*_run(host, "gathered", scope="a-")["gathered"])) == ["a-egress"]
 
 
 def test_a_rule_outside_the_scope_fails_before_anything_runs():
-    host = FakeHost(TEAM_A)
+    host = FakeNode(TEAM_A)
     with pytest.raises(NatRulesError, match=r"config\[0\] \(name=a-egress\): name: 'a-egress' does not start with the scope 'b-'"):
         _run(host, "overridden", [TEAM_A], scope="b-")
     assert host.calls == []

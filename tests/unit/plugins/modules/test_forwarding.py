@@ -10,7 +10,7 @@ import os
 import pytest
 from ansible.module_utils.testing import patch_module_args
 
-from ansible_collections.nodenet.nat.plugins.module_utils import forwarding as forwarding_utils, sysctl
+from ansible_collections.nodenet.nat.plugins.module_utils import commands, forwarding as forwarding_utils, sysctl
 from ansible_collections.nodenet.nat.plugins.modules import forwarding
 
 CONF = "/etc/sysctl.d/90-nodenet-nat.conf"
@@ -25,8 +25,7 @@ def root(tmp_path, monkeypatch):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as handle:
             handle.write("0\n")
-    monkeypatch.setattr(forwarding, "converge", lambda params, dummy, check_mode, run_command: (
-        forwarding_utils.converge(params, root, check_mode, run_command)))
+    monkeypatch.setattr(forwarding, "converge", lambda params, host: forwarding_utils.converge(params, host, root))
     return root
 
 
@@ -74,7 +73,7 @@ def test_module_absent_warns_about_a_vanished_key(root, capsys, monkeypatch):
     # Recorded at the call: how ansible-core reports warnings in the result depends on what else the
     # test process has imported (controller code changes it).
     warnings = []
-    monkeypatch.setattr(forwarding.AnsibleModule, "warn", lambda module, message: warnings.append(message))
+    monkeypatch.setattr(commands.AnsibleModule, "warn", lambda module, message: warnings.append(message))
     result = run_module(capsys, dict(state="absent"))
     assert result["changed"] is True
     assert warnings == ["net.ipv4.conf.eth0/100.rp_filter no longer exists; its recorded value 0 was not restored"]
