@@ -49,10 +49,15 @@ def run_playbook(playbook, *args, timeout=None):
     return result.stdout
 
 
-def lab_probe(node, namespace, address, port=8080, count=1, timeout=2, udp=False):
-    """Answers to ``count`` connections from ``namespace`` to ``address``:``port``, one per connection."""
+def lab_probe(node, namespace, address, port=8080, count=1, timeout=2, udp=False, source_port=None):
+    """Answers to ``count`` connections from ``namespace`` to ``address``:``port``, one per connection
+    (each from ``source_port`` when given)."""
     command = "lab.py probe %s %s %s --count %s --timeout %s" + (" --udp" if udp else "")
-    return node.check_output(command, namespace, address, str(port), str(count), str(timeout)).splitlines()
+    arguments = [namespace, address, str(port), str(count), str(timeout)]
+    if source_port is not None:
+        command += " --source-port %s"
+        arguments.append(str(source_port))
+    return node.check_output(command, *arguments).splitlines()
 
 
 @pytest.fixture(name="node", scope="module")

@@ -83,7 +83,7 @@ from ansible.errors import AnsibleFilterError
 
 from ansible_collections.nodenet.nat.plugins.module_utils.model import Endpoint, format_endpoint
 
-NAME_PATTERN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+NAME_PATTERN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 NAME_MAX = 40
 PROTOCOLS = ("tcp", "udp", "sctp")
 POLICIES = ("Cluster", "Local")
@@ -141,7 +141,7 @@ def _service(raw, seen):
         raise AnsibleFilterError("nodeport_services: every entry is a dict, got %r" % (raw,))
     raw = dict(raw)
     name = raw.get("name")
-    if not isinstance(name, str) or not NAME_PATTERN.match(name) or len(name) > NAME_MAX:
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or len(name) > NAME_MAX:
         _fail(name, "name", name, "a service name is a DNS label: 1 to %d of a-z, 0-9, '-', starting and ending "
               "with a letter or digit (it becomes part of rule names)" % NAME_MAX)
     if name in seen:

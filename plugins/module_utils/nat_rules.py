@@ -26,6 +26,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables impo
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import NftBackend
 from ansible_collections.nodenet.nat.plugins.module_utils.model import CHAINS, FAMILIES, RuleError
 from ansible_collections.nodenet.nat.plugins.module_utils.model.params import rule_from_params, rule_names
+from ansible_collections.nodenet.nat.plugins.module_utils import flows
 from ansible_collections.nodenet.nat.plugins.module_utils.commands import ModuleFailure
 from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordError, RecordStore
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlError, read_text, write_file_atomic
@@ -56,6 +57,14 @@ _ADDRESS_FIELDS = ("source", "destination", "to_source", "to_destination")
 
 class NatRulesError(ModuleFailure):
     """A failure the module reports with ``fail_json``; ``result`` holds what is known so far."""
+
+
+class _PartlyApplied(NatRulesError):
+    """Applying failed after the ``applied`` transactions went in."""
+
+    def __init__(self, message, applied):
+        super(_PartlyApplied, self).__init__(message)
+        self.applied = applied
 
 
 _RANKS = dict(((family, chain), rank) for rank, (family, chain) in enumerate((family, chain) for family in FAMILIES for chain in CHAINS))
@@ -304,6 +313,7 @@ class NatRulesRun(object):
 
     def __init__(self, params, host, select_backend, offline_backend, store):
         self.params = params
+        self.host = host
         self.run_command = host.run_command
         self.select_backend = select_backend
         self.offline_backend = offline_backend
@@ -407,20 +417,54 @@ class NatRulesRun(object):
                 self._run_all(transactions, "check_argv", "validation")
             if not self.check_mode:
                 # One transaction is atomic by itself: nft and iptables-restore apply all of it or none.
-                self._run_all(transactions, "apply_argv", "applying")
+                try:
+                    self._run_all(transactions, "apply_argv", "applying")
+                except _PartlyApplied as partial:
+                    self._roll_back(backend, change, partial)
         except NatRulesError as error:
             error.result = result
             raise
         if not self.check_mode:
             self.store.save(backend.name, backend.applied_stamp(self.run_command, token), change.desired)
+        self._clear_stale_flows(change, result)
+
+    def _roll_back(self, backend, change, partial):
+        """A later family failed after earlier ones applied (it passed validation, so the host changed in between).
+
+        Put the applied families back as they were, rendered against the host as it is now, and fail saying so.
+        """
+        families = set(family for transaction in partial.applied for family in transaction.families)
+        named = " and ".join(sorted(families))
+        back = [transaction for transaction in backend.render(change.current, backend.read(self.run_command), new_token())
+                if families & set(transaction.families)]
+        try:
+            self._run_all(back, "apply_argv", "rolling back")
+        except NatRulesError as error:
+            raise NatRulesError("%s; rolling the %s ruleset back failed too: %s" % (partial, named, error))
+        raise NatRulesError("%s; the %s ruleset, applied before it, was rolled back: nothing changed" % (partial, named))
+
+    def _clear_stale_flows(self, change, result):
+        """Flows of removed UDP/SCTP endpoints: listed (would be cleared, in check mode), then deleted."""
+        stale = flows.stale_flows(dict((entry.name, entry) for entry in change.current),
+                                  dict((entry.name, entry) for entry in change.desired))
+        if stale:
+            result["cleared_flows"] = [flows.describe(flow) for flow in stale]
+        if not self.check_mode:
+            for problem in flows.clear(self.host, stale):
+                self.host.warn(problem)
 
     def _run_all(self, transactions, argv_field, what):
-        for transaction in transactions:
+        """Run each transaction's ``argv_field``; the first failure raises NatRulesError (_PartlyApplied when
+        earlier transactions already applied)."""
+        for count, transaction in enumerate(transactions):
             argv = list(getattr(transaction, argv_field))
             rc, dummy, err = self.run_command(argv, data=transaction.text)
             if rc != 0:
-                raise NatRulesError("%s of the %s ruleset failed (rc=%s) running %s: %s"
-                                    % (what, " and ".join(transaction.families), rc, " ".join(argv), err.strip()))
+                message = "%s of the %s ruleset failed (rc=%s) running %s: %s" % (
+                    what, " and ".join(transaction.families), rc, " ".join(argv), err.strip())
+                if what == "applying" and count:
+                    raise _PartlyApplied(message, transactions[:count])
+                raise NatRulesError(message)
 
     def _report(self, change, result):
         """summary (counts and names), and before/after as result_rules asks: the changed rules, or all of them."""

@@ -12,7 +12,7 @@ so removing the container removes them all.
       a pod namespace whose veth (node side: v-NAME) is a port of BRIDGE, default route via GATEWAY
   lab.py serve NAMESPACE PORT LABEL [--udp]
       a daemon answering each connection with "<source ip it saw> <LABEL>"
-  lab.py probe NAMESPACE ADDRESS PORT [--udp] [--count N] [--timeout S]
+  lab.py probe NAMESPACE ADDRESS PORT [--udp] [--count N] [--timeout S] [--source-port P]
       connects N times and prints one answer per line ("timeout" when none came)
 
 NAMESPACE "-" is the container's own network namespace (a client or upstream container of the lab).
@@ -144,10 +144,14 @@ def cmd_serve(args):
             sys.exit("server %s:%d in %s did not start" % (args.label, args.port, args.namespace))
 
 
-def probe_once(address, port, udp, timeout):
+def probe_once(address, port, udp, timeout, source_port=None):
     family = socket.AF_INET6 if ipaddress.ip_address(address).version == 6 else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM if udp else socket.SOCK_STREAM)
     sock.settimeout(timeout)
+    if source_port is not None:
+        # A client that keeps its source port (as resolvers do) keeps its conntrack flow.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", source_port))
     try:
         if udp:
             sock.sendto(b"probe", (address, port))
@@ -167,10 +171,11 @@ def probe_once(address, port, udp, timeout):
 def cmd_probe(args):
     if args.inside:
         for attempt in range(args.count):
-            print(probe_once(args.address, args.port, args.udp, args.timeout), flush=attempt == args.count - 1)
+            print(probe_once(args.address, args.port, args.udp, args.timeout, args.source_port), flush=attempt == args.count - 1)
         return
     argv = [sys.executable, os.path.abspath(__file__), "probe", args.namespace, args.address, str(args.port),
             "--inside", "--count", str(args.count), "--timeout", str(args.timeout)] + (["--udp"] if args.udp else [])
+    argv += ["--source-port", str(args.source_port)] if args.source_port is not None else []
     command = netns_argv(args.namespace, argv)
     os.execvp(command[0], command)
 
@@ -213,6 +218,7 @@ def main():
     probe.add_argument("--udp", action="store_true")
     probe.add_argument("--count", type=int, default=1)
     probe.add_argument("--timeout", type=float, default=2.0)
+    probe.add_argument("--source-port", type=int, help="send from this port (every connection, as a resolver does)")
     probe.add_argument("--inside", action="store_true")
     probe.set_defaults(func=cmd_probe)
 

@@ -274,3 +274,25 @@ def check_deleted(host):
 
 def test_deleted_removes_only_what_it_names_and_never_the_foreign_rule(nodes):
     on_each(nodes, check_deleted)
+
+
+DNS = {"name": "nr-dns", "type": "dnat", "destination_type": "local", "protocol": "udp", "destination_ports": [30053],
+       "to_destination": ["10.244.1.10:5353"]}
+
+
+def check_udp_endpoint_replaced(host):
+    """A UDP client that keeps its source port (a resolver) reaches the new endpoint right after the change:
+    the module deleted the flow that still pointed at the old one."""
+    def ask():
+        return host.probe("client", "198.51.100.1", 30053, udp=True, count=3, timeout=1, source_port=40053)
+
+    assert nat_rules(host, state="merged", config=[DNS])["changed"]
+    assert ask() == ["198.51.100.2 pod-a"] * 3
+    moved = nat_rules(host, state="merged", config=[dict(DNS, to_destination=["10.244.1.11:5353"])])
+    assert moved["cleared_flows"] == [{"rule": "nr-dns", "protocol": "udp", "destinations": [], "port": 30053, "endpoint": "10.244.1.10"}]
+    assert ask() == ["198.51.100.2 pod-b"] * 3
+    assert nat_rules(host, state="deleted", config=[{"name": "nr-dns"}])["changed"]
+
+
+def test_a_replaced_udp_endpoint_takes_the_clients_flow_with_it(nodes):
+    on_each(nodes, check_udp_endpoint_replaced)

@@ -81,3 +81,13 @@ def test_rules_of_one_kind_come_together_for_every_service():
     other = dict(WEB, name="api", port=30081)
     names = [rule["name"] for rule in nodeport_rules([WEB, other], pod_cidrs=["10.244.0.0/16"])]
     assert names[:4] == ["nodeport-web-np-mark-v4", "nodeport-api-np-mark-v4", "nodeport-web-np-clear0-v4", "nodeport-api-np-clear0-v4"]
+
+
+@pytest.mark.parametrize("service, field", [
+    (dict(WEB, name="web\n"), "name="),
+    (dict(WEB, protocl="udp"), "unknown keys protocl"),
+    (dict(WEB, backends=[{"address": "10.244.1.10", "port": 8080, "weight": 2}]), "unknown keys weight"),
+])
+def test_bad_service_entries_are_refused_naming_the_field(service, field):
+    with pytest.raises(AnsibleFilterError, match=field):
+        nodeport_rules([service])

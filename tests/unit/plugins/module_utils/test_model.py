@@ -82,6 +82,11 @@ INVALID = [
     (dict(WEB, name="-web"), "config[2]: name: '-web' is not a valid rule name"),
     (dict(WEB, name="x" * 65), "config[2]: name: '%s' is not a valid rule name" % ("x" * 65)),
     (dict(WEB, name=None), "config[2]: name: is required"),
+    # Patterns match whole values: a trailing newline is not a valid name or interface (it would split a script line).
+    (dict(WEB, name="web\n"), "config[2]: name: 'web\\n' is not a valid rule name"),
+    (dict(WEB, out_interface="eth0\n"), "out_interface: 'eth0\\n' is not a valid interface name"),
+    (dict(name="web", type="dnat", in_interface="eth0\n", to_destination=["10.0.0.1"]), "in_interface: 'eth0\\n' is not a valid interface name"),
+    (dict(WEB, surprise=1), "config[2] (name=web): surprise: is not a rule option"),
 ]
 
 

@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
 
 import pytest
 
@@ -544,3 +545,78 @@ def test_a_rule_outside_the_scope_fails_before_anything_runs():
     with pytest.raises(NatRulesError, match=r"config\[0\] \(name=a-egress\): name: 'a-egress' does not start with the scope 'b-'"):
         _run(host, "overridden", [TEAM_A], scope="b-")
     assert host.calls == []
+
+
+def test_replacing_a_udp_endpoint_clears_the_flow_of_a_client_that_keeps_its_port(namespace_runner, store):
+    """The client's next datagram (same source port) reaches the new endpoint only because its flow was deleted."""
+    if not shutil.which("conntrack"):
+        pytest.skip("conntrack is not installed")
+    backend = NftBackend()
+    dns = dict(name="dns", type="dnat", chain="output", destination=["127.0.0.2"], protocol="udp", destination_ports=[53],
+               to_destination=["127.0.0.3:5353"])
+    send = "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('127.0.0.1', 40053)); s.sendto(b'q', ('127.0.0.2', 53))"
+
+    def converge(config, check_mode=False):
+        return NatRulesRun(_params("overridden", config, backend="nft"), FakeHost(namespace_runner, which=shutil.which, check_mode=check_mode),
+                           lambda requested: (backend, "test"), offline_backend, store).run()
+
+    def flows_to(address):
+        return [line for line in namespace_runner(["conntrack", "-L", "-p", "udp"])[1].splitlines() if "src=%s " % address in line]
+
+    assert namespace_runner(["ip", "link", "set", "lo", "up"])[0] == 0
+    converge([dns])
+    assert namespace_runner(["python3", "-c", send])[0] == 0
+    assert len(flows_to("127.0.0.3")) == 1
+    moved = dict(dns, to_destination=["127.0.0.4:5353"])
+    predicted = converge([moved], check_mode=True)
+    assert predicted["cleared_flows"] == [dict(rule="dns", protocol="udp", destinations=["127.0.0.2"], port=53, endpoint="127.0.0.3")]
+    assert len(flows_to("127.0.0.3")) == 1
+    assert converge([moved])["cleared_flows"] == predicted["cleared_flows"]
+    assert flows_to("127.0.0.3") == []
+    assert namespace_runner(["python3", "-c", send])[0] == 0
+    assert len(flows_to("127.0.0.4")) == 1
+
+
+def test_a_family_failing_after_another_applied_rolls_that_one_back():
+    """Both families passed validation, IPv4 applied, then IPv6 failed: IPv4 is put back as it was."""
+    class FailingIPv6(FakeNode):
+        def __call__(self, argv, data=None):
+            if argv == ["fake-apply", "ipv6"]:
+                self.calls.append(argv[0])
+                return 1, "", "Could not commit (the host changed)\n"
+            return super(FailingIPv6, self).__call__(argv, data)
+
+    node = FailingIPv6(EGRESS, EGRESS6)
+    before = dict(node.state)
+    with pytest.raises(NatRulesError) as caught:
+        _run(node, "overridden", [WEB, dict(EGRESS6, random_fully=True)])
+    assert str(caught.value) == ("applying of the ipv6 ruleset failed (rc=1) running fake-apply ipv6: Could not commit (the host changed); "
+                                 "the ipv4 ruleset, applied before it, was rolled back: nothing changed")
+    assert node.state == before
+    assert node.calls.count("fake-apply") == 3     # ipv4, ipv6 (failed), ipv4 back
+
+
+@pytest.mark.parametrize("backend_name", ["iptables", "iptables-legacy"])
+def test_two_runs_at_once_take_turns_and_leave_one_whole_ruleset(namespace_runner, store, backend_name):
+    """Each run reads, computes and applies under the host lock: the second one starts from the first one's
+    result, so the host ends with exactly one of the two rulesets, never a mix."""
+    if not all(shutil.which(binary) for binary in _REAL_BACKEND_BINARIES[backend_name]):
+        pytest.skip("%s tools are not installed" % backend_name)
+    backend = offline_backend(backend_name)
+    configs = [[dict(name="%s-%d" % (team, index), type="masquerade", source=["10.%d.%d.0/24" % (number, index)])
+                for index in range(40)] for number, team in enumerate(("a", "b"), start=1)]
+    results = {}
+
+    def converge(number):
+        results[number] = NatRulesRun(_params("overridden", configs[number], backend=backend_name), FakeHost(namespace_runner),
+                                      lambda requested: (backend, "test"), offline_backend, RecordStore(store.directory)).run()
+
+    threads = [threading.Thread(target=converge, args=(number,)) for number in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    host = backend.read(namespace_runner)
+    assert [entry.name for entry in host.entries] in ([rule["name"] for rule in configs[0]], [rule["name"] for rule in configs[1]])
+    assert host.facts["unrecognized"] == []
+    assert results[0]["changed"] and results[1]["changed"]
