@@ -14,6 +14,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
+import functools
 import re
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import (
@@ -84,8 +85,8 @@ class _XtablesListing(object):
         self.owned = any(chain.startswith(CHAIN_PREFIX) for chain in self.chains)
         self.hint = sorted(self.chains.intersection(KUBELET_HINT_CHAINS))
 
-    def backend(self):
-        return IptablesBackend(self.variant, binaries=self.binaries)
+    def backend(self, nft=None):
+        return IptablesBackend(self.variant, binaries=self.binaries, nft=nft)
 
 
 def _nft_owned(nft, run_command):
@@ -127,7 +128,7 @@ def select_backend(requested, run_command, which, listings=None):
         if binaries is None:
             raise BackendUnavailable("backend: %s was requested but its save/restore binaries (iptables and ip6tables) are not installed"
                                      % requested)
-        return IptablesBackend(variant, binaries=binaries), "requested"
+        return IptablesBackend(variant, binaries=binaries, nft=nft), "requested"
     return _auto(listings or xtables_listings(which, run_command), nft, run_command)
 
 
@@ -137,7 +138,8 @@ def _auto(listings, nft, run_command):
     nft_choice = _Choice("nft", nft is not None, nft is not None and _nft_owned(nft, run_command), NftBackend,
                          "table %s" % NFT_TABLE)
     legacy_choice, xnft_choice = [_Choice(VARIANTS[listing.variant], listing.binaries is not None, listing.owned,
-                                          listing.backend, "%s* chains" % CHAIN_PREFIX) for listing in (legacy, xnft)]
+                                          functools.partial(listing.backend, nft), "%s* chains" % CHAIN_PREFIX)
+                                  for listing in (legacy, xnft)]
     # Choices in order of preference, each with its reason.
     preferred = []
     if legacy.rule_count > xnft.rule_count:

@@ -19,13 +19,14 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.line
     CHAIN_PREFIX, UnsupportedRule, compile_rule, delta_script, full_script,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.save import owned_objects, parse_owned, rule_counters
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft.compile import NFT_FAMILIES
 from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES, RuleError
 
 VARIANTS = {"nft": "iptables", "legacy": "iptables-legacy"}
 VARIANT_OF_BACKEND = dict((name, variant) for variant, name in VARIANTS.items())
 # Family -> the prefix of its tools (iptables-nft-save, ip6tables-legacy-restore, ...).
 TOOL_PREFIXES = {"ipv4": "iptables", "ipv6": "ip6tables"}
-NOTHING_OWNED = {"chains": [], "jumps": {}}
+NOTHING_OWNED = {"chains": [], "jumps": {}, "others": None}
 
 __all__ = ["IptablesBackend", "UnsupportedRule", "CHAIN_PREFIX", "VARIANTS", "VARIANT_OF_BACKEND", "TOOL_PREFIXES"]
 
@@ -35,13 +36,19 @@ def _stamp(digests):
 
 
 class IptablesBackend(NatBackend):
-    """``variant`` is ``nft`` (iptables-nft) or ``legacy``; ``binaries`` maps family -> (save, restore) paths."""
+    """``variant`` is ``nft`` (iptables-nft) or ``legacy``; ``binaries`` maps family -> (save, restore) paths.
 
-    def __init__(self, variant, binaries=None):
+    ``nft``: the nft binary, with which iptables-nft's nat table is deleted when the last owned object
+    goes and nothing else is in it (iptables-nft leaves an empty ``table ip nat`` behind otherwise;
+    without nft it stays, empty).
+    """
+
+    def __init__(self, variant, binaries=None, nft=None):
         if variant not in VARIANTS:
             raise ValueError("iptables variant must be one of %s, got %r" % (", ".join(sorted(VARIANTS)), variant))
         self.variant = variant
         self.name = VARIANTS[variant]
+        self.nft = nft if variant == "nft" else None
         self.binaries = binaries or dict(
             (family, ("%s-%s-save" % (prefix, variant), "%s-%s-restore" % (prefix, variant)))
             for family, prefix in TOOL_PREFIXES.items())
@@ -65,7 +72,7 @@ class IptablesBackend(NatBackend):
             return state
         owned = self._owned(run_command)
         stamp = _stamp(dict((family, objects.digest) for family, objects in owned.items()))
-        facts = dict((family, {"chains": objects.chains, "jumps": objects.jumps}) for family, objects in owned.items())
+        facts = dict((family, {"chains": objects.chains, "jumps": objects.jumps, "others": objects.others}) for family, objects in owned.items())
         facts.update(stamp=stamp, unrecognized=[])
         if record is not None and record.stamp == stamp:
             return HostState(list(record.entries), dict(facts, from_record=True))
@@ -81,7 +88,7 @@ class IptablesBackend(NatBackend):
         entries, facts = [], {"unrecognized": []}
         for family in FAMILIES:
             rules, drift = parse_owned(family, owned[family])
-            facts[family] = {"chains": owned[family].chains, "jumps": owned[family].jumps}
+            facts[family] = {"chains": owned[family].chains, "jumps": owned[family].jumps, "others": owned[family].others}
             facts["unrecognized"] += drift
             entries += self._entries(rules, facts["unrecognized"])
         return HostState(entries, facts)
@@ -100,11 +107,17 @@ class IptablesBackend(NatBackend):
         transactions = []
         for family in FAMILIES:
             wanted = [entry for entry in desired if entry.family == family]
+            facts = current.facts.get(family, NOTHING_OWNED)
+            if not wanted and self.nft and facts.get("others") == 0 and (facts["chains"] or any(facts["jumps"].values())):
+                # The last owned object goes and the table holds nothing else: remove the table iptables-nft made.
+                text = "delete table %s nat\n" % NFT_FAMILIES[family]
+                transactions.append(Transaction((family,), text, [self.nft, "-c", "-f", "-"], [self.nft, "-f", "-"]))
+                continue
             text = None
             if not current.facts.get("unrecognized"):
                 text = delta_script([entry for entry in current.entries if entry.family == family], wanted)
             if text is None:
-                text = full_script(wanted, current.facts.get(family, NOTHING_OWNED))
+                text = full_script(wanted, facts)
             if text:
                 restore = self.binaries[family][1]
                 transactions.append(Transaction((family,), text, [restore, "-w", "--test", "--noflush"], [restore, "-w", "--noflush"]))

@@ -27,9 +27,10 @@ PROBABILITY_TOLERANCE = 1e-6  # the kernel keeps probability as a 31-bit fractio
 _RULE_TYPES = dict((target, rule_type) for rule_type, target in TARGETS.items())
 
 # The owned part of one family's listing: declared owned chains, {chain: [spec]} of their lines,
-# {builtin chain: [(spec, tokens)]} of jumps to owned chains, a digest of all of it, and
-# {chain: [(packets, bytes)]} of the lines when the listing has counters (iptables-save -c).
-OwnedObjects = collections.namedtuple("OwnedObjects", ["chains", "lines", "jumps", "digest", "counters"])
+# {builtin chain: [(spec, tokens)]} of jumps to owned chains, a digest of all of it,
+# {chain: [(packets, bytes)]} of the lines when the listing has counters (iptables-save -c), and
+# ``others``: how many rules, chains and non-ACCEPT policies of other tools the nat table holds.
+OwnedObjects = collections.namedtuple("OwnedObjects", ["chains", "lines", "jumps", "digest", "counters", "others"])
 
 
 class _Unparsable(ValueError):
@@ -44,6 +45,7 @@ def tokens_of(spec):
 def owned_objects(text):
     """OwnedObjects of one family's ``iptables-save -t nat`` output (a text scan, no rule parsing)."""
     chains, lines, jumps, owned, counters = [], collections.OrderedDict(), {}, [], {}
+    others = 0
     in_nat = False
     for raw in text.splitlines():
         line = raw.strip()
@@ -60,6 +62,9 @@ def owned_objects(text):
         elif line.startswith(":" + CHAIN_PREFIX):
             chains.append(line[1:].split()[0])
             owned.append(line)
+        elif line.startswith(":"):
+            name, policy = (line[1:].split() + ["", ""])[:2]
+            others += name not in BUILTIN_CHAINS.values() or policy != "ACCEPT"
         elif line.startswith("-A "):
             dummy, chain, spec = (line.split(None, 2) + [""])[:3]
             if chain.startswith(CHAIN_PREFIX):
@@ -72,8 +77,12 @@ def owned_objects(text):
                 if target.startswith(CHAIN_PREFIX):
                     jumps.setdefault(chain, []).append((spec, tokens))
                     owned.append(line)
+                    continue
+                others += 1
+            else:
+                others += 1
     digest = hashlib.sha256("\n".join(owned).encode("utf-8")).hexdigest()
-    return OwnedObjects(chains, lines, jumps, digest, counters)
+    return OwnedObjects(chains, lines, jumps, digest, counters, others)
 
 
 def rule_counters(owned):
