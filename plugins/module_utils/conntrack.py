@@ -21,6 +21,7 @@ import errno
 import os
 
 from ansible_collections.nodenet.nat.plugins.module_utils.commands import ModuleFailure
+from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import owned_file_problem
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import (
     SysctlError, file_problem, host_path, key_path, load_kernel_module, read_text, render_sysctl_conf, write_or_remove,
 )
@@ -65,7 +66,9 @@ ARGUMENT_SPEC = dict(
     min=dict(type="int"),
     raise_only=dict(type="bool", default=True),
     hashsize=dict(type="int"),
-    timeouts=dict(type="dict", options=dict((option, dict(type="int")) for option in TIMEOUT_KEYS)),
+    # A dict {TIMEOUT_KEYS option: seconds}, checked by checked_timeouts: ansible's own check of a dict
+    # with suboptions fails without naming the option.
+    timeouts=dict(type="raw"),
     tcp_be_liberal=dict(type="bool"),
     on_readonly=dict(type="str", choices=list(ON_READONLY), default="warn"),
     persist=dict(type="bool", default=True),
@@ -81,12 +84,30 @@ class ConntrackError(ModuleFailure):
     """A failure the module reports with ``fail_json``; ``result`` holds what is known so far."""
 
 
+def checked_timeouts(value):
+    """{option: int} of the ``timeouts`` option; ValueError naming the field of the first bad entry."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError("timeouts: %r is not a dict of timeouts (%s)" % (value, ", ".join(TIMEOUT_KEYS)))
+    timeouts = {}
+    for option, seconds in value.items():
+        if option not in TIMEOUT_KEYS:
+            raise ValueError("timeouts.%s: is not a timeout (valid: %s)" % (option, ", ".join(TIMEOUT_KEYS)))
+        if seconds is None:
+            continue
+        if isinstance(seconds, bool) or not (isinstance(seconds, int) or (isinstance(seconds, str) and seconds.strip().isdigit())):
+            raise ValueError("timeouts.%s: %r is not a number of seconds" % (option, seconds))
+        timeouts[option] = int(seconds)
+    return timeouts
+
+
 def validate_params(params):
     """Raise ValueError naming the field and value of the first out-of-range number.
 
     The argument spec checks types, choices and exclusions; ranges are checked here.
     """
-    timeouts = params.get("timeouts") or {}
+    timeouts = checked_timeouts(params.get("timeouts"))
     checks = [(field, params.get(field), low, _INT_MAX)
               for field, low in (("max", 1), ("max_per_core", 1), ("min", 0), ("hashsize", 1))]
     checks.extend(("timeouts.%s" % option, timeouts.get(option), 1, _TIMEOUT_MAX) for option in TIMEOUT_KEYS)
@@ -138,7 +159,7 @@ def desired_settings(params, root, cpus):
         settings.append(Setting(MAX_KEY, key_path(root, MAX_KEY), table_size, raise_only))
     if hashsize is not None:
         settings.append(Setting(HASHSIZE_PATH, host_path(root, HASHSIZE_PATH), hashsize, raise_only))
-    timeouts = params.get("timeouts") or {}
+    timeouts = checked_timeouts(params.get("timeouts"))
     for option, key in TIMEOUT_KEYS.items():
         if timeouts.get(option) is not None:
             settings.append(Setting(key, key_path(root, key), timeouts[option], False))
@@ -207,6 +228,9 @@ class ConntrackTuner(object):
 
     def run(self):
         """The module result; raises ConntrackError (with the partial result) on failure."""
+        problem = owned_file_problem(self.sysctl_file)
+        if problem:
+            self.fail("sysctl_file: %r %s" % (self.sysctl_file, problem))
         if self.params.get("state", "present") == "absent":
             return self._remove_files()
         try:

@@ -44,8 +44,8 @@ def stale_flows(before, after):
             new = entry_rule(after[name])
             if new.type == "dnat" and _match(new) == _match(old):
                 kept = new.to_destination
-        hosts = () if old.destination_negate else tuple(str(net.network_address) for net in old.destination
-                                                         if net.prefixlen == net.max_prefixlen)
+        hosts = () if old.destination_negate else tuple(
+            str(net.network_address) for net in old.destination if net.prefixlen == net.max_prefixlen)
         ports = old.destination_ports
         port = ports[0].first if len(ports) == 1 and ports[0].first == ports[0].last else None
         flows.extend(StaleFlow(name, old.family, old.protocol, hosts, port, endpoint)

@@ -14,6 +14,8 @@ __metaclass__ = type
 import collections
 import os
 
+from ansible.module_utils.parsing.convert_bool import boolean
+
 from ansible_collections.nodenet.nat.plugins.module_utils import sysctl
 from ansible_collections.nodenet.nat.plugins.module_utils.commands import ModuleFailure
 
@@ -33,19 +35,16 @@ DEFAULT_SYSCTL_FILE = "/etc/sysctl.d/90-nodenet-nat.conf"
 STATES = ("present", "absent")
 
 _RP_FILTER_CHOICES = sorted(RP_FILTER_VALUES)
+INTERFACE_KEYS = ("name", "forwarding", "ipv6_forwarding", "rp_filter", "route_localnet")
 ARGUMENT_SPEC = dict(
     ipv4=dict(type="bool"),
     ipv6=dict(type="bool"),
     rp_filter=dict(type="str", choices=_RP_FILTER_CHOICES),
     route_localnet=dict(type="bool"),
     bridge_nf_call_iptables=dict(type="bool"),
-    interfaces=dict(type="list", elements="dict", options=dict(
-        name=dict(type="str", required=True),
-        forwarding=dict(type="bool"),
-        ipv6_forwarding=dict(type="bool"),
-        rp_filter=dict(type="str", choices=_RP_FILTER_CHOICES),
-        route_localnet=dict(type="bool"),
-    )),
+    # A list of dicts {name, forwarding, ipv6_forwarding, rp_filter, route_localnet}, checked by desired_settings:
+    # ansible's own check of such a list fails without naming the option.
+    interfaces=dict(type="raw"),
     persist=dict(type="bool", default=True),
     sysctl_file=dict(type="path", default=DEFAULT_SYSCTL_FILE),
     state=dict(type="str", choices=list(STATES), default="present"),
@@ -63,13 +62,14 @@ class ForwardingError(ModuleFailure):
 
 
 def _flag(value, field):
-    if not isinstance(value, bool):
+    try:
+        return "1" if boolean(value, strict=True) else "0"
+    except TypeError:
         raise ForwardingError("%s: %r is not a boolean" % (field, value))
-    return "1" if value else "0"
 
 
 def _rp_filter(value, field):
-    if value not in RP_FILTER_VALUES:
+    if not isinstance(value, str) or value not in RP_FILTER_VALUES:
         raise ForwardingError("%s: %r is not one of %s" % (field, value, ", ".join(sorted(RP_FILTER_VALUES))))
     return RP_FILTER_VALUES[value]
 
@@ -111,8 +111,16 @@ def desired_settings(params):
         value = _flag(params["bridge_nf_call_iptables"], "bridge_nf_call_iptables")
         settings.extend(Setting(key, value, "bridge_nf_call_iptables") for key in BRIDGE_KEYS)
     seen = {}
-    for index, interface in enumerate(params.get("interfaces") or []):
+    interfaces = params.get("interfaces") or []
+    if not isinstance(interfaces, list):
+        raise ForwardingError("interfaces: %r is not a list of interfaces" % (interfaces,))
+    for index, interface in enumerate(interfaces):
         prefix = "interfaces[%d]" % index
+        if not isinstance(interface, dict):
+            raise ForwardingError("%s: %r is not a dict of interface options" % (prefix, interface))
+        unknown = sorted(str(key) for key in interface if key not in INTERFACE_KEYS)
+        if unknown:
+            raise ForwardingError("%s.%s: is not an interface option (valid: %s)" % (prefix, unknown[0], ", ".join(INTERFACE_KEYS)))
         name = interface.get("name")
         _check_interface_name(name, prefix + ".name")
         if name in seen:
@@ -157,8 +165,9 @@ def plan_changes(settings, before):
 
 def persisted_paths(sysctl_file):
     """(sysctl_file, its modules-load.d companion of the same name) as the host sees them."""
-    if not sysctl_file or not os.path.isabs(sysctl_file):
-        raise ForwardingError("sysctl_file: %r is not an absolute path" % (sysctl_file,))
+    problem = sysctl.owned_file_problem(sysctl_file)
+    if problem:
+        raise ForwardingError("sysctl_file: %r %s" % (sysctl_file, problem))
     return sysctl_file, os.path.join(MODULES_LOAD_DIR, os.path.basename(sysctl_file))
 
 

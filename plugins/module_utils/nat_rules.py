@@ -355,7 +355,10 @@ class NatRulesRun(object):
         running_config = self.params.get("running_config")
         if running_config is None:
             raise NatRulesError("running_config: is required with state parsed")
-        host = backend.parse({running_config_family(running_config): running_config})
+        try:
+            host = backend.parse({running_config_family(running_config): running_config})
+        except BackendError as error:
+            raise NatRulesError("running_config: %s" % error)
         result["parsed"] = [entry_params(entry) for entry in host.entries]
         drift = host.facts.get("unrecognized")
         if drift:

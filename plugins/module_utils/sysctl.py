@@ -152,6 +152,20 @@ def file_problem(path):
     return None
 
 
+NAME_MAX = 255
+
+
+def owned_file_problem(path):
+    """Why ``path`` cannot name an owned file (a sysctl_file option), or None."""
+    if not path or not os.path.isabs(path):
+        return "is not an absolute path"
+    if any(len(part.encode("utf-8")) > NAME_MAX for part in path.split("/")):
+        return "has a part longer than %d bytes" % NAME_MAX
+    if any(ord(char) < 32 or char == "\x7f" for char in path):
+        return "holds a control character"
+    return None
+
+
 def write_file_atomic(path, text, mode=0o644):
     """Replace ``path`` with ``text`` (str, or bytes) atomically (temp file in the same directory, then rename)."""
     directory = os.path.dirname(path)

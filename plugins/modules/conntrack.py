@@ -61,7 +61,8 @@ options:
   timeouts:
     description:
       - Timeouts in seconds (C(net.netfilter.nf_conntrack_*timeout*)). Per network namespace.
-    type: dict
+      - A dict of the suboptions below. The module checks it itself, so that every error names the timeout.
+    type: raw
     suboptions:
       tcp_established:
         description: C(net.netfilter.nf_conntrack_tcp_timeout_established) (kube-proxy sets 86400).

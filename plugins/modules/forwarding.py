@@ -59,8 +59,8 @@ options:
     description:
       - Per-interface settings. Each interface must exist (C(/proc/sys/net/ipv4/conf/<name>)). Names with dots (VLANs such as
         C(eth0.100)) are accepted; their keys are written C(net.ipv4.conf.eth0/100.forwarding) as sysctl(8) does.
-    type: list
-    elements: dict
+      - A list of dicts. The module checks them itself, so that every error names the entry and the field.
+    type: raw
     suboptions:
       name:
         description: Interface name.

@@ -122,7 +122,7 @@ class _RuleReader(object):
             return []
         if isinstance(value, str):
             # As ansible's list type: a comma-separated string is a list.
-            return [item.strip() for item in value.split(",")] if value.strip() else []
+            return [item.strip() for item in value.split(",")]
         if not isinstance(value, (list, tuple)):
             self.fail(field, value, "is not a list")
         return value
@@ -320,9 +320,7 @@ def rule_from_params(params, index):
     for field, types in _TARGET_TYPES_SORTED:
         if rule_type not in types and _given(params.get(field)):
             reader.fail(field, params.get(field), "is not valid for type %s (only for %s)" % (rule_type, ", ".join(types)))
-    required = REQUIRED_TARGET.get(rule_type)
-    if required and params.get(required) in (None, []):
-        reader.fail(required, None, "is required for type %s" % rule_type)
+
     declared_family = reader.choice("family", FAMILIES)
     protocol = reader.choice("protocol", PROTOCOLS)
     rule = NatRule(
@@ -349,6 +347,9 @@ def rule_from_params(params, index):
         random_fully=reader.flag("random_fully"),
         set_mark=reader.mark("set_mark"),
     )
+    required = REQUIRED_TARGET.get(rule_type)
+    if required and getattr(rule, required) in (None, ()):
+        reader.fail(required, None, "is required for type %s" % rule_type)
     rule = rule._replace(family=reader.family(declared_family))
     for negate_field, field in _NEGATIONS:
         _require_given_with(reader, rule, negate_field, field)

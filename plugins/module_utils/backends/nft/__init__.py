@@ -23,7 +23,7 @@ __metaclass__ = type
 import json
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import (
-    HostState, NatBackend, Transaction, run_listing,
+    BackendError, HostState, NatBackend, Transaction, run_listing,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft.compile import (
     MARKER_PREFIX, NFT_FAMILIES, TABLE, compile_rule, normalize, skeleton, table_plan,
@@ -42,10 +42,18 @@ def list_table_argv(family):
     return ["nft", "-j", "list", "table", NFT_FAMILIES[family], TABLE]
 
 
+def _objects(listing, command):
+    """The ``nftables`` list of an ``nft -j`` listing; BackendError when it is something else."""
+    try:
+        return json.loads(listing)["nftables"]
+    except (ValueError, KeyError, TypeError):
+        raise BackendError("%s printed what is not an nft JSON listing: %r" % (command, listing[:200]))
+
+
 def owned_tables(chains_listing):
     """{family: [marker tokens]} of the owned tables in ``nft -j list chains`` output."""
     tables = {}
-    for item in json.loads(chains_listing)["nftables"]:
+    for item in _objects(chains_listing, " ".join(LIST_CHAINS_ARGV)):
         chain = item.get("chain")
         if chain is None or chain["table"] != TABLE or chain["family"] not in _FAMILY_OF:
             continue
@@ -102,7 +110,7 @@ class NftBackend(NatBackend):
         for family in FAMILIES:
             if family not in outputs:
                 continue
-            rules, family_unrecognized, family_counters = parse_family(family, json.loads(outputs[family])["nftables"])
+            rules, family_unrecognized, family_counters = parse_family(family, _objects(outputs[family], " ".join(list_table_argv(family))))
             unrecognized += family_unrecognized
             counters.update(family_counters)
             for rule in rules:

@@ -143,7 +143,7 @@ def test_desired_settings_leaves_unset_options_unmanaged():
     (dict(rp_filter="loose", interfaces=[interface("all", rp_filter="strict")]),
      "rp_filter and interfaces[0].rp_filter both set net.ipv4.conf.all.rp_filter, to 2 and 1"),
     (dict(rp_filter="medium"), "rp_filter: 'medium' is not one of loose, off, strict"),
-    (dict(ipv4="yes"), "ipv4: 'yes' is not a boolean"),
+    (dict(ipv4="maybe"), "ipv4: 'maybe' is not a boolean"),
 ])
 def test_desired_settings_rejects_bad_input(options, message):
     with pytest.raises(forwarding.ForwardingError) as caught:
