@@ -23,7 +23,12 @@ description:
     shared verdict and data maps, so a packet meets one lookup whatever the number of services, and a change adds and
     deletes only the elements that differ. Rules unchanged since the last run are not validated or compiled again (the
     run record under C(/run/nodenet-nat) remembers them while the host carries the record's stamp).
-  - One run at a time per host (network namespace) - a second run waits for a lock under C(/run/nodenet-nat).
+  - One run at a time per host (network namespace) - a second run waits for a lock under C(/run/nodenet-nat), and reads
+    the host after the first one is done.
+  - With the iptables backends, each family is one transaction; when a family fails to apply after another one did
+    (both passed C(--test), so the host changed in between), the applied family is put back and the task fails. With
+    nft both families are one transaction. On iptables-nft, removing the last owned object of a family also removes the
+    empty C(nat) table iptables-nft created, when nothing else is in it.
 author:
   - nodenet.nat maintainers (@nodenet)
 options:
@@ -442,6 +447,33 @@ drift:
   returned: when found
   type: list
   elements: str
+cleared_flows:
+  description:
+    - The conntrack flows the task deleted (in check mode, would delete) because it removed or replaced their UDP or SCTP
+      DNAT endpoint - clients that keep their source port would otherwise keep reaching the old endpoint until the flow
+      times out. TCP needs none of this (a new connection is a new flow). Needs the C(conntrack) tool; without it the
+      task warns.
+  returned: when a change removes or replaces an endpoint of a udp or sctp dnat rule
+  type: list
+  elements: dict
+  sample: [{rule: dns, protocol: udp, destinations: [10.96.0.10], port: 53, endpoint: 10.244.1.5}]
+  contains:
+    rule:
+      description: The rule's name.
+      type: str
+    protocol:
+      description: V(udp) or V(sctp).
+      type: str
+    destinations:
+      description: The rule's destination hosts the flows were sent to (empty for any, such as a node port).
+      type: list
+      elements: str
+    port:
+      description: The rule's destination port, or V(null) for any.
+      type: int
+    endpoint:
+      description: The removed endpoint the flows were translated to.
+      type: str
 persisted:
   description: The files O(persist) wrote (in check mode, would write) because their content differed.
   returned: when O(persist=true) and O(state) is merged, replaced, overridden or deleted
