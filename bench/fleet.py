@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 
+from machine import cpu_model
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = os.environ.get("NODENET_LAB_IMAGE", "localhost/nodenet-nat-node:bookworm-1")
 LABEL = "nodenet.bench=fleet"
@@ -152,12 +154,7 @@ def converge(directory, forks, log_path):
 
 
 def machine():
-    cpu = ""
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     with open("/proc/meminfo") as meminfo:
         memory = int(meminfo.readline().split()[1]) // (1024 * 1024)
     ansible = run(["ansible", "--version"]).splitlines()[0]

@@ -32,6 +32,8 @@ import sys
 import tempfile
 import time
 
+from machine import cpu_model
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLLECTIONS = os.path.join(REPO, ".collections")
 VENV_BIN = os.path.dirname(os.path.abspath(sys.executable))
@@ -302,12 +304,7 @@ def measure_latency(backend, workdir):
 # ---------------------------------------------------------------------------- report
 
 def _machine():
-    cpu = "unknown CPU"
-    with open("/proc/cpuinfo") as cpuinfo:
-        for line in cpuinfo:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     versions = [subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, env=ENV, check=False).stdout.strip()
                 for argv in (["nft", "--version"], ["iptables-nft", "--version"], ["ansible", "--version"])]
     ansible_core = re.search(r"core ([0-9.]+)", versions[2])
