@@ -31,7 +31,7 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAGE = os.environ.get("NODENET_LAB_IMAGE", "localhost/nodenet-nat-node:bookworm-1")
+IMAGE = os.environ.get("NODENET_LAB_IMAGE", "localhost/nodenet-nat-node:bookworm-2")
 LABEL = "nodenet.bench=fleet"
 PREFIX = "nodenet-fleetbench-"
 BACKENDS = ("nft", "iptables", "iptables-legacy")
