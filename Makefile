@@ -10,7 +10,8 @@ BIN         := $(CURDIR)/$(VENV)/bin
 PYTHON      ?= python3
 COLLECTIONS := $(CURDIR)/.collections
 COLLECTION  := $(COLLECTIONS)/ansible_collections/nodenet/nat
-APT_PACKAGES := podman runc debootstrap iptables nftables conntrack iproute2 kmod make git shellcheck
+# openssh-client: the rollback scenario's controller reaches its nodes over ssh.
+APT_PACKAGES := podman runc debootstrap iptables nftables conntrack iproute2 kmod make git shellcheck openssh-client
 # molecule/default is an empty stub (see its molecule.yml), not a scenario to run.
 SCENARIOS   ?= $(filter-out default,$(notdir $(patsubst %/molecule.yml,%,$(wildcard molecule/*/molecule.yml))))
 
@@ -49,7 +50,7 @@ help:
 setup: packages venv collection image
 
 packages:
-	@missing=""; for bin in podman runc debootstrap nft iptables-legacy conntrack ip modprobe git shellcheck; do \
+	@missing=""; for bin in podman runc debootstrap nft iptables-legacy conntrack ip modprobe git shellcheck ssh; do \
 	    command -v $$bin >/dev/null || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; fi

@@ -33,7 +33,7 @@ import time
 from machine import cpu_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMAGE = os.environ.get("NODENET_LAB_IMAGE", "localhost/nodenet-nat-node:bookworm-1")
+IMAGE = os.environ.get("NODENET_LAB_IMAGE", "localhost/nodenet-nat-node:bookworm-2")
 LABEL = "nodenet.bench=fleet"
 PREFIX = "nodenet-fleetbench-"
 BACKENDS = ("nft", "iptables", "iptables-legacy")

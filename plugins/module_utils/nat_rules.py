@@ -311,6 +311,10 @@ class NatRulesRun(object):
     -> NatBackend must not (rendered, parsed). ``store`` is the RecordStore (lock and run record) of the host.
     """
 
+    # Hook (rollback.py sets it for rollback_timeout): after_change(backend, change, result) at the end of an action
+    # state's locked section, the change applied and recorded and the lock still held.
+    after_change = None
+
     def __init__(self, params, host, select_backend, offline_backend, store):
         self.params = params
         self.host = host
@@ -392,6 +396,8 @@ class NatRulesRun(object):
                     self._apply(backend, change, result)
             elif change.host.facts.get("stamp") and not self.check_mode and change.learned:
                 self.store.save(backend.name, change.host.facts["stamp"], change.desired)
+            if self.after_change is not None:
+                self.after_change(backend, change, result)
         if change.drift:
             result["drift"] = change.drift
         self._report(change, result)

@@ -29,6 +29,8 @@ description:
     (both passed C(--test), so the host changed in between), the applied family is put back and the task fails. With
     nft both families are one transaction. On iptables-nft, removing the last owned object of a family also removes the
     empty C(nat) table iptables-nft created, when nothing else is in it.
+  - With O(rollback_timeout), a change that cuts the controller off the host undoes itself - the host restores its previous owned
+    rules unless the controller reaches it again over a new connection within the timeout.
 author:
   - nodenet.nat maintainers (@nodenet)
 options:
@@ -228,17 +230,59 @@ options:
       - File written by O(persist). When omitted, C(/etc/nftables.d/nodenet-nat.nft) for V(nft) and
         C(/etc/iptables/nodenet-nat.rules) (and C(/etc/iptables/nodenet-nat.rules6)) for the iptables backends.
     type: path
+  rollback_timeout:
+    description:
+      - A safety net for a change that might cut the controller off the host (a DNAT or masquerade catching the management
+        connection). After applying a change the host waits this many seconds for the controller to reach it again over a new
+        connection, and without that confirmation puts its previous owned rules back by itself, with no controller involved.
+      - "How: the module applies the change as without this option, leaves a cookie file under C(/run/nodenet-nat) and starts a
+        watcher process on the host that holds the host lock, and returns. The action plugin then resets the connection (an ssh
+        ControlPersist master opened before the change would survive it: conntrack keeps an established flow's NAT) and removes
+        the cookie over a new connection, trying again every second. If the cookie is gone before the deadline, the change stays.
+        If it is still there, the watcher claims it (an atomic rename: the controller's removal and the claim cannot both succeed)
+        and restores the previous owned rules."
+      - The restore is a change like any other - one C(nft -f) for both families, or one C(iptables-restore --noflush) per
+        family, all validated before any applies - and puts back exactly the owned rules this task found before its change. Rules
+        of other tools are not touched. Connections opened while the change was in place keep the NAT they got (conntrack);
+        new connections follow the restored rules.
+      - When the change is not confirmed the task fails, and RV(rollback) says what the host did when the controller could reach
+        it again within the timeout plus 30 seconds and one connection timeout (the host restores at the deadline either way).
+      - With O(persist=true), the files are written once the change is confirmed and never before, so a host that reboots during
+        the wait boots with the previous files; after a restore they are left as they were.
+      - Other C(nat_rules) runs on the host wait for the lock until the change is confirmed or restored (they give up after 300 s).
+      - Nothing is armed when the task changes no rule (RV(rollback.status=not_needed)), in check mode, or with O(state=gathered),
+        V(rendered) or V(parsed).
+      - Between 1 and 3600 seconds. Not with the C(async) keyword (the host does the waiting). Removing the cookie on the host by
+        hand (C(/run/nodenet-nat/netns-*/rollback-*.cookie)) keeps the change.
+    type: int
 notes:
   - Supports check mode (nothing changes; RV(after) is predicted and RV(commands) lists what would run) and
     diff mode (the owned rules before and after).
   - The iptables backend cannot express a negated match of several networks in one rule; such a rule fails
     naming it. Write V(return) rules for the exemptions before it instead.
+  - "What O(rollback_timeout) guarantees: a change the controller cannot confirm over a new connection is undone by the host at the
+    deadline, with the previous owned rules, in one transaction (one per family with iptables). It relies on the watcher process:
+    if that process is killed, or the host reboots, before the deadline, nothing restores the rules - the change stays (the files
+    of O(persist) are then not written; a reboot drops both, as it drops every rule). If the watcher cannot be started the module
+    restores the previous rules at once and fails. If the module's own result cannot come back to the controller (its connection
+    broke), the task is unreachable and the host restores at the deadline. The outcome of each watched change is in
+    C(/run/nodenet-nat/netns-*/rollback-*.outcome) until the controller has read it."
+attributes:
+  action:
+    support: full
+    details: The action plugin confirms a change made with O(rollback_timeout); without that option the module runs as any other.
+  async:
+    support: partial
+    details: Not together with O(rollback_timeout).
+  bypass_host_loop:
+    support: none
 requirements:
   - nft (nftables) for O(backend=nft), or iptables/ip6tables (nft or legacy variant, with their save and restore tools).
 seealso:
   - module: nodenet.nat.forwarding
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.flow
   - nodenet.nat.node_changes
 """
 
@@ -299,6 +343,19 @@ EXAMPLES = r"""
       - name: team-a-egress
         type: masquerade
         source: [10.10.0.0/16]
+
+- name: Send ssh arriving on eth1 to a bastion; if that cuts this controller off, the host undoes it after 30 s
+  nodenet.nat.nat_rules:
+    state: merged
+    rollback_timeout: 30
+    config:
+      - name: ssh-to-bastion
+        type: dnat
+        in_interface: eth1
+        protocol: tcp
+        destination_ports: [22]
+        to_destination: [10.0.0.22:22]
+  register: nat_change
 
 - name: Read the owned rules
   nodenet.nat.nat_rules:
@@ -475,15 +532,69 @@ cleared_flows:
       description: The removed endpoint the flows were translated to.
       type: str
 persisted:
-  description: The files O(persist) wrote (in check mode, would write) because their content differed.
+  description:
+    - The files O(persist) wrote (in check mode, would write) because their content differed.
+    - With O(rollback_timeout), the files written once the change was confirmed (none when it was rolled back).
   returned: when O(persist=true) and O(state) is merged, replaced, overridden or deleted
   type: list
   elements: str
   sample: [/etc/nftables.d/nodenet-nat.nft]
+rollback:
+  description:
+    - What became of a change made with O(rollback_timeout).
+  returned: when O(rollback_timeout) is set and O(state) is merged, replaced, overridden or deleted, except in check mode
+  type: dict
+  sample: {status: confirmed, timeout: 30, waited: 0.6, attempts: 1, watcher: 4242}
+  contains:
+    status:
+      description:
+        - V(not_needed) - the task changed no rule; nothing was armed.
+        - V(confirmed) - the controller reached the host over a new connection in time; the change stays.
+        - V(rolled_back) - no confirmation came in time and the host put its previous owned rules back; the task fails and
+          RV(ignore:changed) is false (RV(commands) is the change that was undone, RV(rollback.restore) the restore).
+        - V(restore_failed) - no confirmation came in time and the restore failed (RV(rollback.restore.error)); the task fails.
+        - V(unconfirmed) - the controller could not reach the host again, or the host gave no outcome; the task fails. The host
+          restored its previous rules at the deadline unless the cookie was removed there.
+      type: str
+      choices: [not_needed, confirmed, rolled_back, restore_failed, unconfirmed]
+    timeout:
+      description: O(rollback_timeout).
+      type: int
+    waited:
+      description: Seconds from the module's return to the confirmation, or to the last attempt.
+      type: float
+      returned: unless RV(rollback.status=not_needed)
+    attempts:
+      description: How many times the controller tried to reach the host.
+      type: int
+      returned: unless RV(rollback.status=not_needed)
+    watcher:
+      description: The process id of the watcher on the host.
+      type: int
+      returned: unless RV(rollback.status=not_needed)
+    restore:
+      description: What the host ran to restore the previous owned rules.
+      type: dict
+      returned: when RV(rollback.status) is V(rolled_back) or V(restore_failed)
+      contains:
+        commands:
+          description: The lines of the restore's scripts.
+          type: list
+          elements: str
+        transactions:
+          description: The restore's transactions, as RV(transactions).
+          type: list
+          elements: dict
+        verified:
+          description: Whether the owned rules read back after the restore are exactly those found before the change.
+          type: bool
+        error:
+          description: Why the restore failed.
+          type: str
 """
 
 from ansible_collections.nodenet.nat.plugins.module_utils.commands import run_module
-from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import ARGUMENT_SPEC, MODULE_OPTIONS, run_nat_rules
+from ansible_collections.nodenet.nat.plugins.module_utils.rollback import ARGUMENT_SPEC, MODULE_OPTIONS, run_nat_rules
 
 
 def main():

@@ -4,8 +4,9 @@
 # output goes to a log that is shown when it fails.
 set -euo pipefail
 
-IMAGE="${NODENET_LAB_IMAGE:-localhost/nodenet-nat-node:bookworm-1}"
-PACKAGES="python3,python-is-python3,iproute2,iptables,nftables,conntrack,procps,kmod"
+IMAGE="${NODENET_LAB_IMAGE:-localhost/nodenet-nat-node:bookworm-2}"
+# openssh-server: the rollback scenario reaches its nodes over ssh, a management path a NAT rule can cut (podman exec cannot be).
+PACKAGES="python3,python-is-python3,iproute2,iptables,nftables,conntrack,procps,kmod,openssh-server"
 HERE="$(cd "$(dirname "$0")" && pwd)"
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$HERE/containers.conf}"
 
@@ -48,6 +49,8 @@ if ! debootstrap --variant=minbase --include="$PACKAGES" bookworm "$rootfs" ${mi
     exit 1
 fi
 rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+# No ssh host key in the image (every container would share it): a test that starts sshd runs ssh-keygen -A first.
+rm -f "$rootfs"/etc/ssh/ssh_host_*
 say "debootstrap done in $((SECONDS - start)) s; importing into podman"
 tar -C "$rootfs" -c . | podman import --quiet --change 'CMD ["sleep", "infinity"]' - "$IMAGE" >/dev/null
 say "built $IMAGE in $((SECONDS - start)) s"
