@@ -19,8 +19,7 @@ import pytest
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import IptablesBackend
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import NftBackend
-from ansible_collections.nodenet.nat.plugins.module_utils.model import rules_from_config
-from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import canonical_order, run_nat_rules
+from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import canonical_order, config_entries, run_nat_rules
 from ansible_collections.nodenet.nat.plugins.module_utils.persistence import (
     DEFAULT_PERSIST_PATHS, PERSIST_HEADER, persist, persist_files, persist_paths, state_token,
 )
@@ -45,8 +44,9 @@ VARIANT = {"iptables": "nft", "iptables-legacy": "legacy"}
 BUILTIN = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
 
 
-def desired(backend, config=CONFIG):
-    return backend.normalize(canonical_order([backend.entry(rule) for rule in rules_from_config(config)]))
+def desired(backend, config=None):
+    """The entries the engine persists for ``config`` (default CONFIG)."""
+    return backend.normalize(canonical_order(config_entries(backend, CONFIG if config is None else config, {})))
 
 
 def loader_line(text):
