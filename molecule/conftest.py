@@ -5,14 +5,35 @@ run one Ansible task per command. ``module`` runs a collection module through ad
 with the json callback: with ansible-core 2.19 the result that ``host.ansible`` reads carries
 neither ``failed`` nor ``warnings``, which the tests assert. ``probe`` sends real connections with
 the lab tool and returns one answer per connection ("<source the server saw> <label>", or
-"timeout"/"refused").
+"timeout"/"refused"). ``forget``, ``boot`` and ``ruleset`` simulate a reboot of a node (no systemd runs in the
+containers): what it takes away, what the collection's boot path brings back, and the listing to compare.
 """
 import json
 import os
+import re
 import subprocess
 
 import pytest
 import testinfra
+
+
+# The boot path the roles install (roles/persist) and the sysctl.d file of the forwarding module.
+BOOT_UNIT = "/etc/systemd/system/nodenet-nat.service"
+BOOT_LOADER = "/usr/local/sbin/nodenet-nat-restore"
+BOOT_SYSCTL_FILE = "/etc/sysctl.d/90-nodenet-nat.conf"
+PERSISTED_FILES = ("/etc/nftables.d/nodenet-nat.nft", "/etc/iptables/nodenet-nat.rules", "/etc/iptables/nodenet-nat.rules6")
+# The listing of a backend's whole ruleset without counters.
+RULESET_COMMANDS = {
+    "nft": "nft -s list ruleset",
+    "iptables": "iptables-nft -w -t nat -S && ip6tables-nft -w -t nat -S",
+    "iptables-legacy": "iptables-legacy -w -t nat -S && ip6tables-legacy -w -t nat -S",
+}
+# What a reboot takes from the ruleset: everything nft holds (nft and iptables-nft), the legacy nat tables.
+FORGET_COMMANDS = {
+    "nft": "nft flush ruleset",
+    "iptables": "nft flush ruleset",
+    "iptables-legacy": "for tool in iptables-legacy ip6tables-legacy; do $tool -w -t nat -F && $tool -w -t nat -X; done",
+}
 
 
 class ModuleFailed(Exception):
@@ -58,6 +79,47 @@ def lab_probe(node, namespace, address, port=8080, count=1, timeout=2, udp=False
         command += " --source-port %s"
         arguments.append(str(source_port))
     return node.check_output(command, *arguments).splitlines()
+
+
+def forget_state(node, backend):
+    """What a reboot takes: the backend's ruleset and the forwarding keys (back to the kernel's default, off)."""
+    node.check_output(FORGET_COMMANDS[backend] + " && sysctl -qw net.ipv4.ip_forward=0 net.ipv6.conf.all.forwarding=0")
+
+
+def boot_path(node):
+    """What boot does for the collection: systemd-sysctl applies its sysctl.d file, then nodenet-nat.service runs
+    its ExecStart (the exact command). Returns the loader's output."""
+    exec_start = re.search(r"^ExecStart=(.*)$", node.file(BOOT_UNIT).content_string, re.MULTILINE).group(1)
+    node.check_output("sysctl -q -p %s", BOOT_SYSCTL_FILE)
+    return node.check_output(exec_start)
+
+
+def ruleset(node, backend):
+    return node.check_output(RULESET_COMMANDS[backend])
+
+
+@pytest.fixture(name="forget", scope="session")
+def fixture_forget():
+    """forget(NODE, BACKEND): forget_state."""
+    return forget_state
+
+
+@pytest.fixture(name="boot", scope="session")
+def fixture_boot():
+    """boot(NODE): boot_path."""
+    return boot_path
+
+
+@pytest.fixture(name="ruleset", scope="session")
+def fixture_ruleset():
+    """ruleset(NODE, BACKEND): the backend's ruleset without counters."""
+    return ruleset
+
+
+@pytest.fixture(name="boot_files", scope="session")
+def fixture_boot_files():
+    """{what: path} of the boot path the roles install: unit, loader, and the persisted rules of each backend."""
+    return dict(unit=BOOT_UNIT, loader=BOOT_LOADER, nft=PERSISTED_FILES[0], iptables=PERSISTED_FILES[1], iptables6=PERSISTED_FILES[2])
 
 
 @pytest.fixture(name="node", scope="module")

@@ -28,16 +28,14 @@ from ansible_collections.nodenet.nat.plugins.module_utils.model import CHAINS, F
 from ansible_collections.nodenet.nat.plugins.module_utils.model.params import rule_from_params, rule_names
 from ansible_collections.nodenet.nat.plugins.module_utils import flows
 from ansible_collections.nodenet.nat.plugins.module_utils.commands import ModuleFailure
+from ansible_collections.nodenet.nat.plugins.module_utils.persistence import persist
 from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordError, RecordStore
-from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlError, read_text, write_file_atomic
+from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlError
 
 ACTION_STATES = ("merged", "replaced", "overridden", "deleted")
 OFFLINE_STATES = ("rendered", "parsed")
 STATES = ACTION_STATES + ("gathered",) + OFFLINE_STATES
 RESULT_RULES = ("summary", "changed", "all")
-# Where ``persist`` writes the owned ruleset when ``persist_path`` is not given.
-DEFAULT_PERSIST_PATHS = {"nft": "/etc/nftables.d/nodenet-nat.nft", "iptables": "/etc/iptables/nodenet-nat.rules"}
-PERSIST_HEADER = "# Managed by nodenet.nat.nat_rules (owned NAT rules only); changes here are overwritten.\n"
 ARGUMENT_SPEC = dict(
     # Items are checked by model.rule_from_params, not by ansible (see the option's documentation).
     config=dict(type="raw"),
@@ -240,33 +238,6 @@ def running_config_family(text):
     return "ipv4"
 
 
-def persist_files(backend, desired, persist_path):
-    """{path: text}: the owned ruleset as files that restore it on a host without it.
-
-    nft: one file for both families, for ``include`` in /etc/nftables.conf. iptables: the IPv4
-    file at ``persist_path`` and the IPv6 file at ``persist_path`` + "6", for
-    ``iptables-restore --noflush`` / ``ip6tables-restore --noflush`` at boot.
-    """
-    kind = "nft" if backend.name == "nft" else "iptables"
-    path = persist_path or DEFAULT_PERSIST_PATHS[kind]
-    paths = dict((family, path) for family in FAMILIES) if kind == "nft" else {"ipv4": path, "ipv6": path + "6"}
-    files = dict((file_path, PERSIST_HEADER) for file_path in paths.values())
-    for transaction in backend.render(desired, HostState([], {}), None):
-        files[paths[transaction.families[0]]] += transaction.text
-    return files
-
-
-def _persist(backend, desired, persist_path, check_mode):
-    """Paths whose content changed (written unless in check mode)."""
-    changed = []
-    for path, text in sorted(persist_files(backend, desired, persist_path).items()):
-        if read_text(path) != text:
-            changed.append(path)
-            if not check_mode:
-                write_file_atomic(path, text)
-    return changed
-
-
 def new_token():
     """A token naming one run (nft puts it in the owned tables' marker chain)."""
     return binascii.hexlify(os.urandom(8)).decode("ascii")
@@ -403,7 +374,7 @@ class NatRulesRun(object):
         self._report(change, result)
         if self.params.get("persist"):
             try:
-                result["persisted"] = _persist(backend, change.desired, self.params.get("persist_path"), self.check_mode)
+                result["persisted"] = persist(backend, change.desired, self.params.get("persist_path"), self.check_mode)
             except SysctlError as error:
                 raise NatRulesError(str(error), result)
             result["changed"] = result["changed"] or bool(result["persisted"])

@@ -32,9 +32,10 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import B
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import select_backend
 from ansible_collections.nodenet.nat.plugins.module_utils.model import RuleError
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import (
-    ACTION_STATES, ARGUMENT_SPEC as ENGINE_ARGUMENT_SPEC, MODULE_OPTIONS, NatRulesError, NatRulesRun, _persist, canonical_order,
+    ACTION_STATES, ARGUMENT_SPEC as ENGINE_ARGUMENT_SPEC, MODULE_OPTIONS, NatRulesError, NatRulesRun, canonical_order,
     describe_transactions, invocation, new_token, offline_backend, run_nat_rules as run_engine, script_lines,
 )
+from ansible_collections.nodenet.nat.plugins.module_utils.persistence import persist
 from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordStore
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlError, write_file_atomic
 
@@ -130,24 +131,24 @@ class Rollback(object):
             if not result["changed"]:
                 # No rule changed: nothing to confirm. Persist now, as the engine does without rollback_timeout.
                 if self.params.get("persist"):
-                    result["persisted"] = _persist(backend, change.desired, persist_path, False)
+                    result["persisted"] = persist(backend, change.desired, persist_path, False)
                     result["changed"] = bool(result["persisted"])
                 result["rollback"] = dict(status="not_needed", timeout=self.timeout)
                 return
             # The files that differ; the watcher writes them once the change is confirmed.
-            persist = _persist(backend, change.desired, persist_path, True) if self.params.get("persist") else None
+            to_persist = persist(backend, change.desired, persist_path, True) if self.params.get("persist") else None
         except SysctlError as error:
             raise NatRulesError(str(error), result)
         files = paths(self.store.directory, new_token())
         watcher = Watcher(backend, change.current, change.desired, self.run_command, self.store, files,
-                          time.monotonic() + self.timeout, persist is not None, persist_path)
+                          time.monotonic() + self.timeout, to_persist is not None, persist_path)
         try:
             write_file_atomic(files[0], COOKIE_TEXT % self.timeout, mode=0o600)
             pid = self.spawn(watcher.watch)
         except (SysctlError, OSError, NatRulesError) as error:
             self._abandon(change, result, files[0], error, watcher)
-        if persist is not None:
-            result["persisted"] = persist
+        if to_persist is not None:
+            result["persisted"] = to_persist
         result["rollback"] = dict(status="waiting", timeout=self.timeout, cookie=files[0], outcome=files[2], watcher=pid)
 
     def _abandon(self, change, result, cookie, error, watcher):
@@ -202,7 +203,7 @@ class Watcher(object):
         outcome = dict(status="confirmed", persisted=[])
         if self.persist:
             try:
-                outcome["persisted"] = _persist(self.backend, self.desired, self.persist_path, False)
+                outcome["persisted"] = persist(self.backend, self.desired, self.persist_path, False)
             except SysctlError as error:
                 outcome["error"] = str(error)
         return outcome

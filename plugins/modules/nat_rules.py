@@ -217,18 +217,29 @@ options:
     default: summary
   persist:
     description:
-      - After converging, also write the owned ruleset to files that restore it at boot, and report a change when
-        they differ. The files hold only the owned objects; loading them is the host's business.
-      - With V(nft), one file for both families; include it from C(/etc/nftables.conf) (C(include "/etc/nftables.d/nodenet-nat.nft")).
-      - With the iptables backends, the IPv4 file at O(persist_path) and the IPv6 file at O(persist_path) followed by C(6);
-        load them with C(iptables-restore --noflush) and C(ip6tables-restore --noflush) after the base rules.
+      - After converging, also write the whole owned ruleset (every O(scope)) to files that restore it on a host that
+        lost it (at boot), and report a change when they differ. The files hold only the owned objects. Their second
+        line names what loads them (C(nft), or the restore and save tools of the iptables variant in use).
+      - The roles of this collection persist by default and install the boot path, C(nodenet-nat.service), which runs
+        C(nodenet-nat-restore) on the files at their default paths once at boot, after C(nftables.service),
+        C(netfilter-persistent.service), C(iptables.service) and C(ip6tables.service) and before C(network-pre.target).
+        After this module alone, the role C(nodenet.nat.persist) installs it.
+      - With V(nft), one file for both families. Loading it with C(nft -f) deletes the owned tables and creates them
+        again, so loading it twice gives the same tables. A host whose C(/etc/nftables.conf) begins with C(flush ruleset)
+        must load it after that file (C(nodenet-nat.service) does; an C(include) at the end of that file works too).
+      - With the iptables backends, the IPv4 file at O(persist_path) and the IPv6 file at O(persist_path) followed by C(6),
+        scripts for C(iptables-restore --noflush) and C(ip6tables-restore --noflush) of the variant in use, to load after
+        the host's base rules. Each inserts one jump rule per built-in chain, so loading it twice with C(iptables-restore)
+        alone duplicates them; C(nodenet-nat-restore) deletes the jumps to the C(NODENET-*) chains in the same transaction,
+        so loading with it twice gives the same ruleset.
       - Ignored by O(state=gathered), V(rendered) and V(parsed).
     type: bool
     default: false
   persist_path:
     description:
       - File written by O(persist). When omitted, C(/etc/nftables.d/nodenet-nat.nft) for V(nft) and
-        C(/etc/iptables/nodenet-nat.rules) (and C(/etc/iptables/nodenet-nat.rules6)) for the iptables backends.
+        C(/etc/iptables/nodenet-nat.rules) (and C(/etc/iptables/nodenet-nat.rules6)) for the iptables backends, the files
+        C(nodenet-nat.service) loads.
     type: path
   rollback_timeout:
     description:

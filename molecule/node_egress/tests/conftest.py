@@ -1,4 +1,4 @@
-"""Fixtures of the node_egress verifiers (pytest runs the files in name order: 1 masquerade, 2 SNAT, 3 absent)."""
+"""Fixtures of the node_egress verifiers (pytest runs the files in name order: 1 masquerade, 2 boot, 3 SNAT without persistence, 4 absent)."""
 import json
 import os
 
