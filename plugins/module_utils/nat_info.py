@@ -18,10 +18,10 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import B
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import (
     BackendUnavailable, mixed_backends, select_backend, xtables_listings,
 )
-from ansible_collections.nodenet.nat.plugins.module_utils.conntrack import MAX_KEY
-from ansible_collections.nodenet.nat.plugins.module_utils.forwarding import BRIDGE_KEYS, IPV4_FORWARD, IPV6_FORWARD, conf_key
 from ansible_collections.nodenet.nat.plugins.module_utils.model import rule_to_params
-from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import host_path, key_path, read_key, read_text
+from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import (
+    BRIDGE_KEYS, IPV4_FORWARD, IPV6_FORWARD, MAX_KEY, conf_key, host_path, key_path, read_key, read_text,
+)
 
 DEFAULT_CONNTRACK_THRESHOLD = 90
 DEFAULT_PORT_EXHAUSTION_THRESHOLD = 10000

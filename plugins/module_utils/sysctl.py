@@ -14,6 +14,13 @@ import os
 import tempfile
 
 
+# Key names the modules share (forwarding and conntrack set them, nat_info reads them).
+IPV4_FORWARD = "net.ipv4.ip_forward"
+IPV6_FORWARD = "net.ipv6.conf.all.forwarding"
+BRIDGE_KEYS = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
+MAX_KEY = "net.netfilter.nf_conntrack_max"
+
+
 class SysctlError(Exception):
     """A key, file or kernel module could not be read, written or loaded; the message names it."""
 
@@ -29,6 +36,11 @@ def key_from_parts(parts):
         if not part or "/" in part or part in (".", ".."):
             raise ValueError("invalid sysctl key component %r" % (part,))
     return ".".join(part.replace(".", "/") for part in parts)
+
+
+def conf_key(family, interface, leaf):
+    """``net.<family>.conf.<interface>.<leaf>``; a dotted interface name (VLAN eth0.100) is encoded."""
+    return key_from_parts(["net", family, "conf", interface, leaf])
 
 
 def key_parts(key):
