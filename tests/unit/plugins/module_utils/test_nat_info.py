@@ -11,6 +11,7 @@ import shutil
 import pytest
 
 from ansible_collections.nodenet.nat.plugins.module_utils import nat_info
+from ansible_collections.nodenet.nat.plugins.module_utils.nat_info import facts as nat_facts
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import host_path
 
 RECORDED = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "proc", "node")
@@ -137,7 +138,7 @@ def test_healthy_node_has_no_problems(host):
 
 
 def test_conntrack_stats_are_hex_columns_per_cpu(host):
-    host.write(nat_info.CONNTRACK_STAT_PATH,
+    host.write(nat_facts.CONNTRACK_STAT_PATH,
                "entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop icmp_error\n"
                "00000010  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 0000000a 00000001 00000000 00000000\n"
                "00000010  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000100 00000000 000000ff 00000000\n")
@@ -147,8 +148,8 @@ def test_conntrack_stats_are_hex_columns_per_cpu(host):
 
 
 def test_conntrack_commands_replace_missing_proc_files(host):
-    host.remove(nat_info.CONNTRACK_STAT_PATH)
-    host.remove(nat_info.CONNTRACK_TABLE_PATH)
+    host.remove(nat_facts.CONNTRACK_STAT_PATH)
+    host.remove(nat_facts.CONNTRACK_TABLE_PATH)
     conntrack = host.facts()["conntrack"]
     assert conntrack["stats_source"] == "conntrack -S"
     assert [cpu["cpu"] for cpu in conntrack["per_cpu"]] == [0, 1]
@@ -160,30 +161,30 @@ def test_conntrack_commands_replace_missing_proc_files(host):
 
 def test_parse_conntrack_stats_command():
     text = "cpu=0   \tfound=0 invalid=3 insert=0 insert_failed=7 drop=2 early_drop=1 error=0\ncpu=1 insert_failed=0 drop=0\n"
-    assert nat_info.parse_conntrack_stats_command(text) == [
+    assert nat_facts.parse_conntrack_stats_command(text) == [
         dict(cpu=0, insert_failed=7, drop=2, early_drop=1), dict(cpu=1, insert_failed=0, drop=0, early_drop=0)]
 
 
 @pytest.mark.parametrize("line, expected", [
-    (SNAT_FLOW % (40000, 40000), nat_info.SnatDestination("tcp", "198.51.100.10", "203.0.113.5", 443)),
+    (SNAT_FLOW % (40000, 40000), nat_facts.SnatDestination("tcp", "198.51.100.10", "203.0.113.5", 443)),
     # DNAT to a pod and SNAT (hairpin): the real destination is the reply's source
     ("ipv4 2 tcp 6 100 ESTABLISHED src=10.244.1.2 dst=10.96.0.10 sport=5000 dport=80 src=10.244.1.3 dst=10.244.1.1 "
-     "sport=8080 dport=5000 [ASSURED] mark=0 use=1", nat_info.SnatDestination("tcp", "10.244.1.1", "10.244.1.3", 8080)),
+     "sport=8080 dport=5000 [ASSURED] mark=0 use=1", nat_facts.SnatDestination("tcp", "10.244.1.1", "10.244.1.3", 8080)),
     # DNAT only: the reply goes back to the original source
     ("ipv4 2 tcp 6 100 ESTABLISHED src=192.0.2.7 dst=198.51.100.10 sport=5000 dport=30080 src=10.244.1.3 dst=192.0.2.7 "
      "sport=8080 dport=5000 [ASSURED] mark=0 use=1", None),
     ("ipv6 10 udp 17 20 src=fd00:10:244:1::2 dst=2001:db8::53 sport=999 dport=53 src=2001:db8::53 dst=2001:db8::a "
-     "sport=53 dport=999 mark=0 use=1", nat_info.SnatDestination("udp", "2001:db8::a", "2001:db8::53", 53)),
+     "sport=53 dport=999 mark=0 use=1", nat_facts.SnatDestination("udp", "2001:db8::a", "2001:db8::53", 53)),
     ("ipv4 2 icmp 1 29 src=10.244.1.2 dst=192.0.2.1 type=8 code=0 id=7 src=192.0.2.1 dst=198.51.100.10 type=0 code=0 id=7 "
-     "mark=0 use=1", nat_info.SnatDestination("icmp", "198.51.100.10", "192.0.2.1", None)),
+     "mark=0 use=1", nat_facts.SnatDestination("icmp", "198.51.100.10", "192.0.2.1", None)),
 ])
 def test_parse_flow(line, expected):
-    assert nat_info.parse_flow(line) == expected
+    assert nat_facts.parse_flow(line) == expected
 
 
 def _seed_snat_flows(count):
     def seed(host):
-        host.write(nat_info.CONNTRACK_TABLE_PATH, "".join(SNAT_FLOW % (port, port) + "\n" for port in range(40000, 40000 + count)))
+        host.write(nat_facts.CONNTRACK_TABLE_PATH, "".join(SNAT_FLOW % (port, port) + "\n" for port in range(40000, 40000 + count)))
     return seed
 
 
@@ -222,7 +223,7 @@ BRIDGE_NF = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 RP_FILTER_ALL = "/proc/sys/net/ipv4/conf/all/rp_filter"
 RP_FILTER_ETH1 = "/proc/sys/net/ipv4/conf/eth1/rp_filter"
 HAIRPIN = "/sys/class/net/cni0/brif/veth3c4d/hairpin_mode"
-PROMISCUOUS_BRIDGE = "0x%x\n" % (0x1003 | nat_info.IFF_PROMISC)
+PROMISCUOUS_BRIDGE = "0x%x\n" % (0x1003 | nat_facts.IFF_PROMISC)
 
 # (problem id, options, seed the fault, fix it)
 SCENARIOS = [
@@ -305,7 +306,7 @@ def test_unreadable_kernel_log_skips_the_check_and_says_why(host):
 def test_unloaded_conntrack_and_missing_backend_are_skipped_checks(host):
     make_healthy(host)
     host.remove("/proc/sys/net/netfilter")
-    host.remove(nat_info.CONNTRACK_TABLE_PATH)
+    host.remove(nat_facts.CONNTRACK_TABLE_PATH)
     host.binaries = dict(dmesg="/usr/bin/dmesg")
     facts = host.facts()
     assert facts["conntrack"] == dict(loaded=False, count=None, max=None, usage_percent=None)
