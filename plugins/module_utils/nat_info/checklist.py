@@ -10,7 +10,9 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
+import ipaddress
 
+from ansible_collections.nodenet.nat.plugins.module_utils.nat_info.egress import NAT_TYPES, covered, describe, walk_egress
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import IPV4_FORWARD, IPV6_FORWARD
 
 # The kernel's message when a new flow finds the conntrack table full.
@@ -38,24 +40,25 @@ def check_forwarding(node, options):
     return problems
 
 
-def _covers_egress(rule, network):
-    """A masquerade/SNAT rule that applies to all egress of ``network`` (not only marked,
-    state-restricted or destination-listed traffic)."""
-    return (rule.type in ("masquerade", "snat") and rule.chain == "postrouting"
-            and rule.family == ("ipv4" if network.version == 4 else "ipv6")
-            and not rule.source_negate and rule.mark is None and not rule.ct_state
-            and (not rule.destination or rule.destination_negate)
-            and (not rule.source or any(network.subnet_of(source) for source in rule.source)))
-
-
 def check_masquerade(node, options):
+    """Each pod CIDR's egress, walked through the owned postrouting rules (egress.py), is translated in full."""
     if node.rules is None:
         raise CheckSkipped(node.unreadable["rules"])
-    return [Problem("masquerade_missing", "error",
-                    "no masquerade or SNAT rule of this collection covers pod CIDR %s: its traffic leaves with pod source "
-                    "addresses" % network,
-                    "nodenet.nat.node_egress role with %s in node_egress_pod_cidrs" % network)
-            for network in options["pod_networks"] if not any(_covers_egress(rule, network) for rule in node.rules)]
+    problems = []
+    for network in options["pod_networks"]:
+        egress = walk_egress(node.rules, network)
+        if covered(egress):
+            continue
+        evidence = describe(egress)
+        if node.unrecognized:
+            # A rule the backend could not read may be the one that covers it.
+            evidence.append("%d owned objects could not be read: %s" % (len(node.unrecognized), "; ".join(node.unrecognized)))
+        problems.append(Problem(
+            "masquerade_missing", "error",
+            "no masquerade or SNAT rule of this collection covers pod CIDR %s%s: its traffic leaves with pod source addresses%s"
+            % (network, " in full" if egress.taken else "", " (%s)" % "; ".join(evidence) if evidence else ""),
+            "nodenet.nat.node_egress role with %s in node_egress_pod_cidrs" % network))
+    return problems
 
 
 def check_conntrack_usage(node, options):
@@ -138,23 +141,44 @@ def check_mixed_backends(node, options):
                     "move everything to one front end (kube-proxy, CNI and this collection must agree; see iptables-wrappers)")]
 
 
+def _could_translate(rule, destination):
+    """Whether the masquerade/SNAT ``rule`` matches connections towards ``destination`` (a SnatDestination)."""
+    address = ipaddress.ip_address(destination.destination)
+    if rule.family != ("ipv4" if address.version == 4 else "ipv6"):
+        return False
+    if rule.destination and any(address in network for network in rule.destination) == rule.destination_negate:
+        return False
+    if rule.protocol and rule.protocol != destination.protocol:
+        return False
+    return not rule.destination_ports or (destination.port is not None and any(
+        ports.first <= destination.port <= ports.last for ports in rule.destination_ports))
+
+
 def check_port_exhaustion(node, options):
+    """Busy SNAT destinations that a masquerade/SNAT rule without random-fully could be translating."""
     if node.rules is None:
         raise CheckSkipped(node.unreadable["rules"])
-    risky_rules = sorted(set(rule.name for rule in node.rules if rule.type in ("masquerade", "snat") and not rule.random_fully))
-    if not risky_rules:
+    risky = [rule for rule in node.rules if rule.type in NAT_TYPES and not rule.random_fully]
+    if not risky:
         return []
     if node.snat_destinations is None:
         raise CheckSkipped(node.unreadable.get("snat_destinations") or node.unreadable["conntrack"])
-    busy = [(destination, count) for destination, count in node.snat_destinations.most_common()
-            if count >= options["port_exhaustion_threshold"]]
-    return [Problem("port_exhaustion_risk", "warning",
-                    "%d %s connections from %s to %s port %s share one source port space (threshold %d), and rules %s "
-                    "masquerade without random-fully: port allocation collides (insert_failed) as it fills"
-                    % (count, destination.protocol, destination.snat_address, destination.destination, destination.port,
-                       options["port_exhaustion_threshold"], ", ".join(risky_rules)),
-                    "set random_fully: true on %s (node_egress_random_fully: true), or SNAT to several addresses" % ", ".join(risky_rules))
-            for destination, count in busy]
+    problems = []
+    for destination, count in node.snat_destinations.most_common():
+        if count < options["port_exhaustion_threshold"]:
+            break
+        # A rule for other destinations (the hairpin role's, pods -> pods) cannot be the one translating these.
+        names = sorted(set(rule.name for rule in risky if _could_translate(rule, destination)))
+        if not names:
+            continue
+        problems.append(Problem(
+            "port_exhaustion_risk", "warning",
+            "%d %s connections from %s to %s port %s share one source port space (threshold %d), and rules %s "
+            "masquerade without random-fully: port allocation collides (insert_failed) as it fills"
+            % (count, destination.protocol, destination.snat_address, destination.destination, destination.port,
+               options["port_exhaustion_threshold"], ", ".join(names)),
+            "set random_fully: true on %s (node_egress_random_fully: true), or SNAT to several addresses" % ", ".join(names)))
+    return problems
 
 
 # id(s) a check reports -> check. Order is the order of the report.

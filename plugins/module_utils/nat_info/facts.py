@@ -42,6 +42,8 @@ class Node(object):
     def __init__(self):
         self.facts = {}
         self.rules = None
+        self.counters = None
+        self.unrecognized = None
         self.snat_destinations = None
         self.kernel_log = None
         self.unreadable = {}
@@ -264,18 +266,33 @@ def read_kernel_log(run_command, which):
 
 
 def read_ruleset(requested, run_command, which, node):
-    """Backend facts; sets ``node.rules`` to the owned rules (NatRule) when they can be read."""
+    """Backend facts; sets ``node.rules`` to the owned rules (NatRule), ``node.counters`` to their counters
+    ({name: [packets, bytes]}) and ``node.unrecognized`` to the owned objects the backend did not write,
+    when they can be read."""
     facts = dict(name=None, reason=None)
     listings = xtables_listings(which, run_command)
     try:
         backend, facts["reason"] = select_backend(requested, run_command, which, listings)
         facts["name"] = backend.name
-        node.rules = [entry_rule(entry) for entry in backend.read(run_command).entries]
+        state = backend.read(run_command, counters=True)
+        node.rules = [entry_rule(entry) for entry in state.entries]
+        node.counters = state.facts.get("counters") or {}
+        node.unrecognized = list(state.facts.get("unrecognized") or [])
     except (BackendUnavailable, BackendError) as exc:
         node.unreadable["rules"] = str(exc)
         facts["error"] = str(exc)
     facts.update(mixed_backends(listings))
     return facts
+
+
+def rule_counters(node):
+    """{rule name: {packets, bytes}} of the owned rules that carry counters (nat hooks count the first packet of each connection)."""
+    counters = {}
+    for rule in node.rules:
+        found = node.counters.get(rule.name)
+        if found is not None:
+            counters[rule.name] = dict(packets=found[0], bytes=found[1])
+    return counters
 
 
 def gather(root, run_command, which, backend="auto", pod_networks=()):
@@ -286,6 +303,8 @@ def gather(root, run_command, which, backend="auto", pod_networks=()):
     facts["backend"] = read_ruleset(backend, run_command, which, node)
     facts["forwarding"] = dict(ipv4=_flag(read_key(root, IPV4_FORWARD)), ipv6=_flag(read_key(root, IPV6_FORWARD)))
     facts["rules"] = [rule_to_params(rule) for rule in node.rules] if node.rules is not None else None
+    facts["counters"] = rule_counters(node) if node.rules is not None else None
+    facts["unrecognized"] = node.unrecognized
     facts["conntrack"] = read_conntrack(root, run_command, which, node)
     links = read_links(root)
     routes = read_routes(root)

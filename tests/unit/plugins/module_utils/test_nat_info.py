@@ -325,3 +325,40 @@ def test_bad_options_name_the_field(host, params, message):
     with pytest.raises(ValueError, match=message):
         host.facts(**params)
     assert host.calls == []
+
+
+def test_port_exhaustion_blames_only_rules_that_match_the_busy_destination(host):
+    """The hairpin role's masquerade has no random-fully but masquerades only pods -> pods: busy connections to
+    the outside are not its doing."""
+    make_healthy(host)
+    _seed_snat_flows(5)(host)
+    hairpin = ("-A NODENET-POSTROUTING -s 10.244.1.0/24 -d 10.244.1.0/24 -o cni0 -m conntrack --ctstate DNAT "
+               "-m comment --comment hairpin-ipv4-masquerade -j MASQUERADE")
+    host.iptables_nft["ipv4"] = save_output([EGRESS_RULE, hairpin])
+    assert problem_ids(host.facts(port_exhaustion_threshold=5)) == []
+    host.iptables_nft["ipv4"] = save_output([EGRESS_RULE.replace(" --random-fully", ""), hairpin])
+    risk = host.facts(port_exhaustion_threshold=5)["problems"]
+    assert [problem["id"] for problem in risk] == ["port_exhaustion_risk"]
+    assert "rules egress masquerade" in risk[0]["message"] and "hairpin" not in risk[0]["message"]
+
+
+def test_masquerade_missing_names_what_the_owned_masquerades_match_instead(host):
+    make_healthy(host)
+    host.iptables_nft["ipv4"] = save_output([
+        "-A NODENET-POSTROUTING -m mark --mark 0x4000/0x4000 -m comment --comment nodeport-masquerade-v4 -j MASQUERADE --random-fully"])
+    host.iptables_nft["ipv6"] = ""
+    problem, = host.facts()["problems"]
+    assert problem["id"] == "masquerade_missing"
+    assert problem["message"] == (
+        "no masquerade or SNAT rule of this collection covers pod CIDR 10.244.0.0/16: its traffic leaves with pod source "
+        "addresses (nodeport-masquerade-v4 matches only packets with mark 0x4000/0x4000 (egress carries mark 0x0))")
+
+
+def test_masquerade_missing_names_owned_objects_that_could_not_be_read(host):
+    make_healthy(host)
+    host.iptables_nft["ipv4"] = save_output([])
+    facts = host.facts()
+    assert facts["unrecognized"] == ["ipv4 NODENET-POSTROUTING: owned chain without rules", "ipv6 NODENET-POSTROUTING: owned chain without rules"]
+    problem, = facts["problems"]
+    assert problem["message"].endswith("(2 owned objects could not be read: ipv4 NODENET-POSTROUTING: owned chain without rules; "
+                                       "ipv6 NODENET-POSTROUTING: owned chain without rules)")
