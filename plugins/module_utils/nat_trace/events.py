@@ -13,7 +13,9 @@ nft prints one line per event, in order::
 A ``packet:`` line opens each base chain the packet enters and shows its headers there (after any
 DNAT); ``rule`` lines are the rules that matched, with their verdict; ``policy`` ends a base chain and
 ``verdict`` a jumped-to chain. A packet starts with the ``packet:`` line of the trace table's own chain,
-which runs first; the kernel reuses trace ids, so that line, not the id alone, starts a new packet.
+which runs first; the kernel reuses trace ids, so that line, not the id alone, starts a new packet. An id
+can also change on the way (a bridged packet has a new one after prerouting): a base chain entered under
+an unknown id is the packet's that came last with the same source address and port.
 
 Names: a rule that carries a comment is named by it (the nft backend's rules, kube-proxy's). A verdict-map
 lookup is named by the comment of the element the packet's own key found (the nft backend keeps keyed
@@ -108,11 +110,25 @@ def parse_trace(lines):
                 packets.append(current[match.group("id")])
             continue
         packet = current.get(match.group("id"))
+        if packet is None and match.group("type") == "packet:":
+            # The id can change on the way (a bridged packet gets a new one after prerouting): a base chain entered
+            # under an unknown id belongs to the packet that came last with the same source address and port.
+            packet = _same_packet(packets, packet_fields(match.group("rest") or ""))
+            if packet is not None:
+                current[match.group("id")] = packet
         if packet is not None:
             packet["events"].append(_event(match, packet))
     for packet in packets:
         _mark_empty_jumps(packet["events"])
     return packets
+
+
+def _same_packet(packets, fields):
+    keys = [key for key in ("saddr", "sport", "protocol") if key in fields]
+    for packet in reversed(packets):
+        if "saddr" in keys and all(packet["packet"].get(key) == fields[key] for key in keys):
+            return packet
+    return None
 
 
 def _mark_empty_jumps(path):

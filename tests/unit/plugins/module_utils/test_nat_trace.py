@@ -109,6 +109,16 @@ def test_a_reused_trace_id_starts_a_new_packet_and_foreign_traces_are_left_out()
     assert events.count_packets(lines) == 4
 
 
+def test_a_bridged_packet_whose_trace_id_changes_after_prerouting_keeps_its_path():
+    """A pod's packet (on a bridge with br_netfilter) enters postrouting under another trace id."""
+    packets = events.parse_trace(fixture("egress-bridged-nft.txt").splitlines())
+    first = packets[0]
+    assert [(event["chain"], event["type"], event["name"]) for event in first["events"]] == [
+        ("prerouting", "packet", None), ("prerouting", "policy", None), ("postrouting", "packet", None),
+        ("postrouting", "rule", "egress-ipv4-clear"), ("postrouting", "rule", "egress-ipv4-nat")]
+    assert all(packet["events"] == [] for packet in packets[1:])
+
+
 @pytest.mark.parametrize("rule, expected", [
     ("fib daddr type local meta l4proto . th dport vmap @prerouting_local_4", (["protocol", "dport"], "prerouting_local_4")),
     ("ip daddr . meta l4proto . th dport vmap @prerouting_daddr_5", (["daddr", "protocol", "dport"], "prerouting_daddr_5")),
