@@ -7,7 +7,7 @@ __metaclass__ = type
 DOCUMENTATION = r"""
 module: nat_trace
 short_description: Trace the packets of one flow through the node's netfilter chains, for a bounded time
-version_added: 0.1.0
+version_added: 0.2.0
 description:
   - Turns on a packet trace for one flow (O(source), O(destination), O(protocol), O(port)), waits for O(packets) of its
     packets (at most O(timeout) seconds), turns the trace off and returns the path each packet took - every base chain
