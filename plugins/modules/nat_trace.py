@@ -27,7 +27,7 @@ description:
     the initial network namespace unless C(net.netfilter.nf_log_all_netns=1), which this module does not read. When
     legacy iptables holds rules, or O(backend) is V(iptables-legacy), the path leaves those chains out and
     RV(notes) says so; RV(rule_hits) still shows which owned rules counted connections while the trace ran.
-  - The packets must come while the module waits: send them from elsewhere once the trace table exists (the
+  - The packets must come while the module waits. Send them from elsewhere once the trace table exists (the
     C(nodenet.nat.trace) playbook does that with a probe command), or trace traffic that flows anyway.
   - Needs the C(nft) binary and nf_tables in the kernel.
 author:
@@ -38,7 +38,7 @@ options:
     type: str
   destination:
     description:
-      - Destination address or network of the flow (as the packet arrives, before any DNAT: a node port is the node's
+      - Destination address or network of the flow (as the packet arrives, before any DNAT; for a node port, the node's
         address). One of O(source) and O(destination) is required.
     type: str
   protocol:
