@@ -113,7 +113,7 @@ def trace(host, **variables):
             os.path.join(os.environ["MOLECULE_PROJECT_DIRECTORY"], "playbooks", "trace.yml")]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False, timeout=180)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr
-    tasks = json.loads(done.stdout)["plays"][0]["tasks"]
+    tasks = [task for play in json.loads(done.stdout)["plays"] for task in play["tasks"]]
     collected, = [task for task in tasks if task["task"]["name"] == "Collect the trace"]
     return collected["hosts"][host.backend.get_hostname()]
 
