@@ -40,8 +40,8 @@ class NftMonitor(object):
                 return None
             data = os.read(self._process.stdout.fileno(), 65536)
             if not data:
-                raise MonitorError("%s ended (rc=%s): %s" % (" ".join(self.argv), self._process.wait(),
-                                                            self._process.stderr.read().decode("utf-8", "replace").strip()))
+                printed = self._process.stderr.read().decode("utf-8", "replace").strip()
+                raise MonitorError("%s ended (rc=%s): %s" % (" ".join(self.argv), self._process.wait(), printed))
             self._buffer += data
         line, dummy, self._buffer = self._buffer.partition(b"\n")
         return line.decode("utf-8", "replace")
