@@ -316,7 +316,7 @@ def _machine():
 def plot(convergence, latency):
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as pyplot
+    from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(1, len(STEPS), figsize=(4 * len(STEPS), 4), sharey=True)
     for axis, step in zip(axes, STEPS):

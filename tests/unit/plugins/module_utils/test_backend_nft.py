@@ -596,6 +596,6 @@ def test_counters_count_real_packets_per_rule_and_per_element():
         assert run_command(["ip", "link", "set", "lo", "up"])[0] == 0
         assert run_command(["python3", "-c", connect])[0] == 0
 
-    dummy, dummy, state = run_in_netns([apply(render(keyed + [ordinary])), traffic, lambda run_command: BACKEND.read(run_command)])
+    dummy, dummy, state = run_in_netns([apply(render(keyed + [ordinary])), traffic, BACKEND.read])
     counters = state.facts["counters"]
     assert counters["svc-80"][0] >= 1 and counters["svc-81"] == [0, 0] and counters["any-udp"][0] == 1
