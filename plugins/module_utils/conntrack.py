@@ -23,11 +23,10 @@ import os
 from ansible_collections.nodenet.nat.plugins.module_utils.commands import ModuleFailure
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import owned_file_problem
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import (
-    SysctlError, file_problem, host_path, key_path, load_kernel_module, read_text, render_sysctl_conf, write_or_remove,
+    MAX_KEY, SysctlError, file_problem, host_path, key_path, load_kernel_module, read_text, render_sysctl_conf, write_or_remove,
 )
 
 CONNTRACK_KERNEL_MODULE = "nf_conntrack"
-MAX_KEY = "net.netfilter.nf_conntrack_max"
 HASHSIZE_PATH = "/sys/module/nf_conntrack/parameters/hashsize"
 CPU_ONLINE_PATH = "/sys/devices/system/cpu/online"
 BE_LIBERAL_KEY = "net.netfilter.nf_conntrack_tcp_be_liberal"

@@ -18,14 +18,12 @@ from ansible.module_utils.parsing.convert_bool import boolean
 
 from ansible_collections.nodenet.nat.plugins.module_utils import sysctl
 from ansible_collections.nodenet.nat.plugins.module_utils.commands import ModuleFailure
+from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import BRIDGE_KEYS, IPV4_FORWARD, IPV6_FORWARD, conf_key
 
-IPV4_FORWARD = "net.ipv4.ip_forward"
-IPV6_FORWARD = "net.ipv6.conf.all.forwarding"
 # Writing one of these sets the forwarding key of every interface of that family.
 CASCADING_KEYS = {IPV4_FORWARD: "ipv4", "net.ipv4.conf.all.forwarding": "ipv4", IPV6_FORWARD: "ipv6"}
 RP_FILTER_VALUES = {"off": "0", "strict": "1", "loose": "2"}
 BRIDGE_MODULE = "br_netfilter"
-BRIDGE_KEYS = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
 MODULES_LOAD_DIR = "/etc/modules-load.d"
 OWNER_LINE = "Managed by nodenet.nat.forwarding; rewritten on every run, do not edit."
 RECORD_LINE = "Values before nodenet.nat.forwarding first set them (state=absent writes them back):"
@@ -72,11 +70,6 @@ def _rp_filter(value, field):
     if not isinstance(value, str) or value not in RP_FILTER_VALUES:
         raise ForwardingError("%s: %r is not one of %s" % (field, value, ", ".join(sorted(RP_FILTER_VALUES))))
     return RP_FILTER_VALUES[value]
-
-
-def conf_key(family, interface, leaf):
-    """``net.<family>.conf.<interface>.<leaf>``; a dotted interface name (VLAN eth0.100) is encoded."""
-    return sysctl.key_from_parts(["net", family, "conf", interface, leaf])
 
 
 # Per-interface option -> (family, leaf key, converter).

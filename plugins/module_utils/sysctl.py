@@ -14,6 +14,13 @@ import os
 import tempfile
 
 
+# Key names the modules share (forwarding and conntrack set them, nat_info reads them).
+IPV4_FORWARD = "net.ipv4.ip_forward"
+IPV6_FORWARD = "net.ipv6.conf.all.forwarding"
+BRIDGE_KEYS = ("net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
+MAX_KEY = "net.netfilter.nf_conntrack_max"
+
+
 class SysctlError(Exception):
     """A key, file or kernel module could not be read, written or loaded; the message names it."""
 
@@ -29,6 +36,11 @@ def key_from_parts(parts):
         if not part or "/" in part or part in (".", ".."):
             raise ValueError("invalid sysctl key component %r" % (part,))
     return ".".join(part.replace(".", "/") for part in parts)
+
+
+def conf_key(family, interface, leaf):
+    """``net.<family>.conf.<interface>.<leaf>``; a dotted interface name (VLAN eth0.100) is encoded."""
+    return key_from_parts(["net", family, "conf", interface, leaf])
 
 
 def key_parts(key):
@@ -159,6 +171,8 @@ def owned_file_problem(path):
     """Why ``path`` cannot name an owned file (a sysctl_file option), or None."""
     if not path or not os.path.isabs(path):
         return "is not an absolute path"
+    if path.endswith("/") or os.path.basename(path) in (".", ".."):
+        return "names a directory, not a file"
     if any(len(part.encode("utf-8")) > NAME_MAX for part in path.split("/")):
         return "has a part longer than %d bytes" % NAME_MAX
     if any(ord(char) < 32 or char == "\x7f" for char in path):

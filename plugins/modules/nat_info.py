@@ -14,9 +14,8 @@ description:
     and runs the troubleshooting checklist over them.
   - The checklist (each finding has a stable RV(ansible_facts.nodenet_nat.problems[].id)) -
     V(forwarding_off) IPv4 forwarding off (IPv6 too when O(pod_cidrs) has an IPv6 CIDR);
-    V(masquerade_missing) a pod CIDR of O(pod_cidrs) that no owned masquerade or SNAT rule covers (a rule in
-    postrouting whose source covers the CIDR, not limited to marked packets, connection states or listed
-    destinations; rules of other tools are not read);
+    V(masquerade_missing) a pod CIDR of O(pod_cidrs) whose egress no owned masquerade or SNAT rule translates in full
+    (see below; rules of other tools are not read);
     V(conntrack_near_full) table usage at or above O(conntrack_threshold);
     V(conntrack_table_full) "table full, dropping packet" in the kernel log (C(dmesg));
     V(rp_filter_strict_multihomed) strict rp_filter on an uplink of a node with two or more uplinks;
@@ -24,8 +23,22 @@ description:
     kubelet's promiscuous-bridge mode);
     V(br_netfilter_missing) / V(bridge_nf_call_off) a pod bridge whose traffic skips netfilter;
     V(backends_mixed) rules in both legacy iptables and iptables-nft;
-    V(port_exhaustion_risk) an owned masquerade or SNAT rule without random-fully while at least
-    O(port_exhaustion_threshold) connections share one SNAT address and destination address and port.
+    V(port_exhaustion_risk) at least O(port_exhaustion_threshold) connections share one SNAT address and destination
+    address and port, and an owned masquerade or SNAT rule without random-fully matches that destination (its
+    destination, protocol and ports; so the hairpin role's rule, for pod destinations only, is not blamed for
+    connections to the outside).
+  - Egress of a pod CIDR is the first packet of a new connection from inside the CIDR to an address outside every
+    range the rules list, of any protocol, not DNATed, carrying no mark bits. The owned rules of its family are walked
+    in order as the kernel walks them - the mark rules of prerouting (except those for one input interface), then
+    postrouting - over the parts of the CIDR and the mark they carry so far. A mark rule changes the mark, a
+    masquerade or SNAT rule translates what it matches, a return rule lets it out untranslated. A rule matches when
+    its source takes (part of) the CIDR and none of its other matches excludes egress - no destination list (a
+    negated one, an exemption, still matches), no C(destination_type=local), no protocol, connection states that
+    include C(new), and a mark match that the carried mark passes. So the node_egress role's C(egress-*-nat) rule,
+    which matches packets without its exemption bit, covers the CIDR, while the nodeport role's
+    C(nodeport-masquerade-*), which matches only packets with the masquerade bit, and the hairpin role's rule, which
+    matches only pod destinations, do not. A rule with an output interface covers what leaves through it. The
+    finding names the parts left untranslated and what each owned masquerade or SNAT rule matches instead.
   - A check whose evidence cannot be read (no kernel log access in a container, no conntrack table, no backend)
     is listed in RV(ansible_facts.nodenet_nat.skipped_checks) with the reason, never passed silently.
   - Uplinks are the interfaces, other than loopback, bridges and bridge ports, with an IPv4 route wider than a host
@@ -110,6 +123,23 @@ ansible_facts:
           description: The owned rules, as O(nodenet.nat.nat_rules#module:config) takes them; V(null) when they cannot be read.
           type: list
           elements: dict
+        counters:
+          description:
+            - Per owned rule name, the C(packets) and C(bytes) it matched since it was written (nft - the rule's
+              counter, or the sum of its verdict-map elements' counters; iptables - C(iptables-save -c), summed over the
+              rule's lines). V(null) when the rules cannot be read.
+            - The nat hooks see only the first packet of each connection, so C(packets) counts the connections that
+              reached the rule.
+          type: dict
+          sample: {egress-ipv4-nat: {packets: 12, bytes: 720}, nodeport-web-np-dnat-v4: {packets: 30, bytes: 1800}}
+        unrecognized:
+          description:
+            - Owned objects (in the owned nft tables or C(NODENET-) chains) that the backend did not write and could
+              not read as rules, for example after a hand edit; a V(masquerade_missing) finding names them.
+              V(null) when the rules cannot be read.
+          type: list
+          elements: str
+          sample: []
         conntrack:
           description:
             - C(loaded), C(count), C(max), C(usage_percent); C(per_cpu) (C(cpu), C(insert_failed), C(drop), C(early_drop))
@@ -170,31 +200,12 @@ ansible_facts:
           sample: [{id: conntrack_table_full, reason: "cannot read the kernel log: dmesg exited with 1: ..."}]
 """
 
-from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import BACKEND_CHOICES
-from ansible_collections.nodenet.nat.plugins.module_utils.nat_info import (
-    DEFAULT_CONNTRACK_THRESHOLD, DEFAULT_PORT_EXHAUSTION_THRESHOLD, nat_info,
-)
-from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlError
+from ansible_collections.nodenet.nat.plugins.module_utils.commands import run_module
+from ansible_collections.nodenet.nat.plugins.module_utils.nat_info import ARGUMENT_SPEC, nat_info
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=dict(
-            pod_cidrs=dict(type="list", elements="str", default=[]),
-            backend=dict(type="str", choices=list(BACKEND_CHOICES), default="auto"),
-            conntrack_threshold=dict(type="int", default=DEFAULT_CONNTRACK_THRESHOLD),
-            port_exhaustion_threshold=dict(type="int", default=DEFAULT_PORT_EXHAUSTION_THRESHOLD),
-        ),
-        supports_check_mode=True,
-    )
-    try:
-        facts = nat_info(module.params, "/", module.run_command, module.get_bin_path)
-    except (ValueError, SysctlError) as exc:
-        # ValueError: a bad option; SysctlError: a /proc or /sys file that exists but cannot be read.
-        module.fail_json(msg=str(exc))
-    module.exit_json(changed=False, ansible_facts=dict(nodenet_nat=facts))
+    run_module(ARGUMENT_SPEC, nat_info)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ import shutil
 import pytest
 
 from ansible_collections.nodenet.nat.plugins.module_utils import nat_info
+from ansible_collections.nodenet.nat.plugins.module_utils.nat_info import facts as nat_facts
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import host_path
+
+from support import FakeHost
 
 RECORDED = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "proc", "node")
 POD_CIDR = "10.244.0.0/16"
@@ -85,7 +88,7 @@ class Host(object):
         self.iptables_legacy = FOREIGN_LEGACY_RULES
 
     def facts(self, **params):
-        return nat_info.nat_info(dict(self.params, **params), self.root, self.run_command, self.which)
+        return nat_info.node_facts(dict(self.params, **params), FakeHost(self.run_command, which=self.which), self.root)
 
 
 def read(path):
@@ -137,7 +140,7 @@ def test_healthy_node_has_no_problems(host):
 
 
 def test_conntrack_stats_are_hex_columns_per_cpu(host):
-    host.write(nat_info.CONNTRACK_STAT_PATH,
+    host.write(nat_facts.CONNTRACK_STAT_PATH,
                "entries  clashres found new invalid ignore delete chainlength insert insert_failed drop early_drop icmp_error\n"
                "00000010  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 0000000a 00000001 00000000 00000000\n"
                "00000010  00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000000 00000100 00000000 000000ff 00000000\n")
@@ -147,8 +150,8 @@ def test_conntrack_stats_are_hex_columns_per_cpu(host):
 
 
 def test_conntrack_commands_replace_missing_proc_files(host):
-    host.remove(nat_info.CONNTRACK_STAT_PATH)
-    host.remove(nat_info.CONNTRACK_TABLE_PATH)
+    host.remove(nat_facts.CONNTRACK_STAT_PATH)
+    host.remove(nat_facts.CONNTRACK_TABLE_PATH)
     conntrack = host.facts()["conntrack"]
     assert conntrack["stats_source"] == "conntrack -S"
     assert [cpu["cpu"] for cpu in conntrack["per_cpu"]] == [0, 1]
@@ -160,30 +163,30 @@ def test_conntrack_commands_replace_missing_proc_files(host):
 
 def test_parse_conntrack_stats_command():
     text = "cpu=0   \tfound=0 invalid=3 insert=0 insert_failed=7 drop=2 early_drop=1 error=0\ncpu=1 insert_failed=0 drop=0\n"
-    assert nat_info.parse_conntrack_stats_command(text) == [
+    assert nat_facts.parse_conntrack_stats_command(text) == [
         dict(cpu=0, insert_failed=7, drop=2, early_drop=1), dict(cpu=1, insert_failed=0, drop=0, early_drop=0)]
 
 
 @pytest.mark.parametrize("line, expected", [
-    (SNAT_FLOW % (40000, 40000), nat_info.SnatDestination("tcp", "198.51.100.10", "203.0.113.5", 443)),
+    (SNAT_FLOW % (40000, 40000), nat_facts.SnatDestination("tcp", "198.51.100.10", "203.0.113.5", 443)),
     # DNAT to a pod and SNAT (hairpin): the real destination is the reply's source
     ("ipv4 2 tcp 6 100 ESTABLISHED src=10.244.1.2 dst=10.96.0.10 sport=5000 dport=80 src=10.244.1.3 dst=10.244.1.1 "
-     "sport=8080 dport=5000 [ASSURED] mark=0 use=1", nat_info.SnatDestination("tcp", "10.244.1.1", "10.244.1.3", 8080)),
+     "sport=8080 dport=5000 [ASSURED] mark=0 use=1", nat_facts.SnatDestination("tcp", "10.244.1.1", "10.244.1.3", 8080)),
     # DNAT only: the reply goes back to the original source
     ("ipv4 2 tcp 6 100 ESTABLISHED src=192.0.2.7 dst=198.51.100.10 sport=5000 dport=30080 src=10.244.1.3 dst=192.0.2.7 "
      "sport=8080 dport=5000 [ASSURED] mark=0 use=1", None),
     ("ipv6 10 udp 17 20 src=fd00:10:244:1::2 dst=2001:db8::53 sport=999 dport=53 src=2001:db8::53 dst=2001:db8::a "
-     "sport=53 dport=999 mark=0 use=1", nat_info.SnatDestination("udp", "2001:db8::a", "2001:db8::53", 53)),
+     "sport=53 dport=999 mark=0 use=1", nat_facts.SnatDestination("udp", "2001:db8::a", "2001:db8::53", 53)),
     ("ipv4 2 icmp 1 29 src=10.244.1.2 dst=192.0.2.1 type=8 code=0 id=7 src=192.0.2.1 dst=198.51.100.10 type=0 code=0 id=7 "
-     "mark=0 use=1", nat_info.SnatDestination("icmp", "198.51.100.10", "192.0.2.1", None)),
+     "mark=0 use=1", nat_facts.SnatDestination("icmp", "198.51.100.10", "192.0.2.1", None)),
 ])
 def test_parse_flow(line, expected):
-    assert nat_info.parse_flow(line) == expected
+    assert nat_facts.parse_flow(line) == expected
 
 
 def _seed_snat_flows(count):
     def seed(host):
-        host.write(nat_info.CONNTRACK_TABLE_PATH, "".join(SNAT_FLOW % (port, port) + "\n" for port in range(40000, 40000 + count)))
+        host.write(nat_facts.CONNTRACK_TABLE_PATH, "".join(SNAT_FLOW % (port, port) + "\n" for port in range(40000, 40000 + count)))
     return seed
 
 
@@ -222,7 +225,7 @@ BRIDGE_NF = "/proc/sys/net/bridge/bridge-nf-call-iptables"
 RP_FILTER_ALL = "/proc/sys/net/ipv4/conf/all/rp_filter"
 RP_FILTER_ETH1 = "/proc/sys/net/ipv4/conf/eth1/rp_filter"
 HAIRPIN = "/sys/class/net/cni0/brif/veth3c4d/hairpin_mode"
-PROMISCUOUS_BRIDGE = "0x%x\n" % (0x1003 | nat_info.IFF_PROMISC)
+PROMISCUOUS_BRIDGE = "0x%x\n" % (0x1003 | nat_facts.IFF_PROMISC)
 
 # (problem id, options, seed the fault, fix it)
 SCENARIOS = [
@@ -305,7 +308,7 @@ def test_unreadable_kernel_log_skips_the_check_and_says_why(host):
 def test_unloaded_conntrack_and_missing_backend_are_skipped_checks(host):
     make_healthy(host)
     host.remove("/proc/sys/net/netfilter")
-    host.remove(nat_info.CONNTRACK_TABLE_PATH)
+    host.remove(nat_facts.CONNTRACK_TABLE_PATH)
     host.binaries = dict(dmesg="/usr/bin/dmesg")
     facts = host.facts()
     assert facts["conntrack"] == dict(loaded=False, count=None, max=None, usage_percent=None)
@@ -324,3 +327,40 @@ def test_bad_options_name_the_field(host, params, message):
     with pytest.raises(ValueError, match=message):
         host.facts(**params)
     assert host.calls == []
+
+
+def test_port_exhaustion_blames_only_rules_that_match_the_busy_destination(host):
+    """The hairpin role's masquerade has no random-fully but masquerades only pods -> pods: busy connections to
+    the outside are not its doing."""
+    make_healthy(host)
+    _seed_snat_flows(5)(host)
+    hairpin = ("-A NODENET-POSTROUTING -s 10.244.1.0/24 -d 10.244.1.0/24 -o cni0 -m conntrack --ctstate DNAT "
+               "-m comment --comment hairpin-ipv4-masquerade -j MASQUERADE")
+    host.iptables_nft["ipv4"] = save_output([EGRESS_RULE, hairpin])
+    assert problem_ids(host.facts(port_exhaustion_threshold=5)) == []
+    host.iptables_nft["ipv4"] = save_output([EGRESS_RULE.replace(" --random-fully", ""), hairpin])
+    risk = host.facts(port_exhaustion_threshold=5)["problems"]
+    assert [problem["id"] for problem in risk] == ["port_exhaustion_risk"]
+    assert "rules egress masquerade" in risk[0]["message"] and "hairpin" not in risk[0]["message"]
+
+
+def test_masquerade_missing_names_what_the_owned_masquerades_match_instead(host):
+    make_healthy(host)
+    host.iptables_nft["ipv4"] = save_output([
+        "-A NODENET-POSTROUTING -m mark --mark 0x4000/0x4000 -m comment --comment nodeport-masquerade-v4 -j MASQUERADE --random-fully"])
+    host.iptables_nft["ipv6"] = ""
+    problem, = host.facts()["problems"]
+    assert problem["id"] == "masquerade_missing"
+    assert problem["message"] == (
+        "no masquerade or SNAT rule of this collection covers pod CIDR 10.244.0.0/16: its traffic leaves with pod source "
+        "addresses (nodeport-masquerade-v4 matches only packets with mark 0x4000/0x4000 (egress carries mark 0x0))")
+
+
+def test_masquerade_missing_names_owned_objects_that_could_not_be_read(host):
+    make_healthy(host)
+    host.iptables_nft["ipv4"] = save_output([])
+    facts = host.facts()
+    assert facts["unrecognized"] == ["ipv4 NODENET-POSTROUTING: owned chain without rules", "ipv6 NODENET-POSTROUTING: owned chain without rules"]
+    problem, = facts["problems"]
+    assert problem["message"].endswith("(2 owned objects could not be read: ipv4 NODENET-POSTROUTING: owned chain without rules; "
+                                       "ipv6 NODENET-POSTROUTING: owned chain without rules)")

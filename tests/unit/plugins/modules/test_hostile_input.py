@@ -13,6 +13,7 @@ __metaclass__ = type
 
 import json
 import os
+import re
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
@@ -23,7 +24,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils import commands, forwa
 from ansible_collections.nodenet.nat.plugins.module_utils import conntrack as conntrack_utils, sysctl
 from ansible_collections.nodenet.nat.plugins.module_utils.model.params import NAME_PATTERN, RULE_OPTIONS
 from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordStore
-from ansible_collections.nodenet.nat.plugins.modules import conntrack, forwarding, nat_info, nat_rules
+from ansible_collections.nodenet.nat.plugins.modules import conntrack, forwarding, nat_info, nat_rules, nat_trace
 
 SNIPPETS = ['"', "'", ";", "\n", "\r\n", "$(reboot)", "`id`", "|", "&&", " -j ACCEPT", "\\", "\x00", "é", "日本", "{", "}", "%s",
             "../..", "*", "--", "\t"]
@@ -34,6 +35,8 @@ hostile_text = st.one_of(
     st.lists(st.sampled_from(SNIPPETS + ["a", "1", ".", "/"]), min_size=1, max_size=12).map("".join),
     st.integers(300, 5000).map(lambda length: "a" * length),
 )
+# What a drawn value may be when it carries no harmful snippet: letters, digits, dots, slashes and dashes.
+PLAIN = re.compile(r"[A-Za-z0-9./-]+")
 hostile_value = st.one_of(hostile_text, st.lists(hostile_text, min_size=1, max_size=3),
                           st.integers(2000, 20000).map(lambda length: ["$(x)"] * length))
 
@@ -63,8 +66,6 @@ def node(monkeypatch, tmp_path):
     empty = EmptyNode()
     monkeypatch.setattr(commands.AnsibleModule, "run_command", lambda module, args, **kwargs: empty.run_command(args, **kwargs))
     monkeypatch.setattr(commands.AnsibleModule, "get_bin_path", lambda module, name, *args, **kwargs: "/usr/sbin/" + name)
-    monkeypatch.setattr(nat_info.AnsibleModule, "run_command", lambda module, args, **kwargs: empty.run_command(args, **kwargs))
-    monkeypatch.setattr(nat_info.AnsibleModule, "get_bin_path", lambda module, name, *args, **kwargs: "/usr/sbin/" + name)
     monkeypatch.setattr(nat_rules_utils, "RecordStore", lambda: RecordStore(str(tmp_path / "run")))
     root = str(tmp_path / "root")
     for key in ("net.ipv4.ip_forward", "net.ipv4.conf.eth0.forwarding", "net.ipv4.conf.eth0.rp_filter",
@@ -115,10 +116,14 @@ def _run_and_check(module, args, field, value, node, capsys):
 @given(field=st.sampled_from(["name"] + RULE_FIELDS_WITH_TEXT), value=hostile_value,
        backend=st.sampled_from(["nft", "iptables", "iptables-legacy"]), state=st.sampled_from(["overridden", "merged", "rendered"]))
 def test_nat_rules_refuses_hostile_rule_fields(node, capsys, field, value, backend, state):
+    node.changing[:] = []
     result = run(nat_rules, dict(state=state, backend=backend, config=[dict(RULE, **{field: value})]), capsys)
     if not result.get("failed"):
-        # Only a name made of the characters every backend quotes safely gets through (such as "web../..").
-        assert field == "name" and NAME_PATTERN.fullmatch(value), result
+        # Only a name made of the characters every backend quotes safely gets through (such as "web../.."), or a
+        # value without a harmful snippet: "1" is a port, "eth0--" an interface name, and an address or a port
+        # may come with surrounding whitespace (the rule holds the parsed value, never the text).
+        texts = value if isinstance(value, list) else [value]
+        assert (field == "name" and NAME_PATTERN.fullmatch(value)) or all(PLAIN.fullmatch(text.strip()) for text in texts), result
         return
     assert_refused(result, "config[0]", node)
     assert field in result["msg"] or "name" in result["msg"], result["msg"]
@@ -163,3 +168,11 @@ def test_conntrack_refuses_hostile_input(node, capsys, field, value):
 @given(field=st.sampled_from(["pod_cidrs", "backend", "conntrack_threshold", "port_exhaustion_threshold"]), value=hostile_value)
 def test_nat_info_refuses_hostile_input(node, capsys, field, value):
     _run_and_check(nat_info, {field: value}, field, value, node, capsys)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(["source", "destination", "protocol", "port", "timeout", "packets", "backend"]), value=hostile_value)
+def test_nat_trace_refuses_hostile_input(node, capsys, field, value):
+    # Check mode: a value the module took would otherwise start nft monitor on this machine.
+    args = dict({"destination": "127.0.0.1", "protocol": "tcp", "_ansible_check_mode": True}, **{field: value})
+    _run_and_check(nat_trace, args, field, value, node, capsys)
