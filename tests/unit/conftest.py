@@ -27,3 +27,13 @@ def deny_write(monkeypatch):
     monkeypatch.setattr(os, "access", lambda path, mode: (
         False if os.path.abspath(path) in denied and mode & os.W_OK else real_access(path, mode)))
     return lambda path: denied.add(os.path.abspath(path))
+
+
+@pytest.fixture
+def netns():
+    """A support.Netns, removed when the test ends; the test is skipped where none can be made (not root)."""
+    from support import Netns, can_make_netns
+    if not can_make_netns():
+        pytest.skip("needs root, unshare and nsenter to create a network namespace")
+    with Netns() as namespace:
+        yield namespace

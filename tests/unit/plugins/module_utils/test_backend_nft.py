@@ -16,7 +16,6 @@ import json
 import os
 import random
 import string
-import subprocess
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -35,6 +34,8 @@ from ansible_collections.nodenet.nat.plugins.module_utils.model.dicts import rul
 from ansible_collections.nodenet.nat.plugins.module_utils.model.params import rule_from_params, rules_from_config
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import canonical_order
 from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RunRecord
+
+from support import Netns
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "nft")
 with open(os.path.join(FIXTURES, "cases.json")) as cases_file:
@@ -80,24 +81,10 @@ def run_in_netns(steps, setup=""):
     ``run_command(argv, data=None)`` runs a command inside the namespace, which a ``sleep`` started
     by ``unshare --net`` holds open and which disappears with it. ``setup`` is an nft script applied first.
     """
-    holder = subprocess.Popen(["unshare", "--net", "--", "sh", "-c", "echo ready; exec sleep 600"],
-                              stdout=subprocess.PIPE, universal_newlines=True)
-    try:
-        assert holder.stdout.readline() == "ready\n"
-        namespace = "/proc/%d/ns/net" % holder.pid
-
-        def run_command(argv, data=None):
-            result = subprocess.run(["nsenter", "--net=%s" % namespace, "--"] + list(argv), input=data,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False)
-            return result.returncode, result.stdout, result.stderr
-
+    with Netns() as namespace:
         if setup:
-            assert run_command(["nft", "-f", "-"], setup)[0] == 0
-        return [step(run_command) for step in steps]
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
+            assert namespace.run(["nft", "-f", "-"], setup)[0] == 0
+        return [step(namespace.run) for step in steps]
 
 
 def apply(transactions):

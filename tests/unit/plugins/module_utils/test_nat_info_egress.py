@@ -13,7 +13,6 @@ __metaclass__ = type
 import ipaddress
 import os
 import shutil
-import subprocess
 import tempfile
 
 import pytest
@@ -186,28 +185,12 @@ BACKEND_BINARIES = {"nft": ["nft"], "iptables": ["iptables-nft-restore", "ip6tab
 
 
 @pytest.fixture
-def namespace():
+def namespace(netns, tmp_path):
     """(run_command, root): commands run in a new network namespace (gone when the test ends); ``root`` is a copy of
     the recorded node's /proc and /sys, so that only the ruleset is live."""
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"):
-        pytest.skip("needs root, unshare and nsenter to create a network namespace")
-    holder = subprocess.Popen(["unshare", "--net", "--", "sh", "-c", "echo ready; exec sleep 600"], stdout=subprocess.PIPE, text=True)
-    root = tempfile.mkdtemp()
-    try:
-        assert holder.stdout.readline() == "ready\n"
-        path = "/proc/%d/ns/net" % holder.pid
-
-        def run(argv, data=None):
-            done = subprocess.run(["nsenter", "--net=" + path, "--"] + list(argv), input=data, capture_output=True, text=True, check=False)
-            return done.returncode, done.stdout, done.stderr
-
-        shutil.copytree(RECORDED_ROOT, os.path.join(root, "node"))
-        yield run, os.path.join(root, "node")
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
-        shutil.rmtree(root)
+    root = str(tmp_path / "node")
+    shutil.copytree(RECORDED_ROOT, root)
+    return netns.run, root
 
 
 def converge(run, backend, scopes):

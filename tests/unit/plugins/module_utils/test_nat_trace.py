@@ -9,7 +9,6 @@ __metaclass__ = type
 
 import os
 import shutil
-import subprocess
 import threading
 import time
 
@@ -18,7 +17,7 @@ import pytest
 from ansible_collections.nodenet.nat.plugins.module_utils import nat_trace
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_trace import events, ruleset
 
-from support import FakeHost
+from support import FakeHost, Netns, can_make_netns
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "trace")
 FLOW = dict(source="198.51.100.2", destination="198.51.100.1", protocol="tcp", port=30080)
@@ -298,17 +297,10 @@ def test_without_nft_the_trace_fails_and_says_what_to_use_instead():
 # ---- live: a real trace in a throwaway network namespace ------------------------------------------------------------
 
 def test_a_real_trace_follows_a_dnat_and_leaves_nothing_behind():
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter") or not shutil.which("nft"):
+    if not can_make_netns() or not shutil.which("nft"):
         pytest.skip("needs root, unshare, nsenter and nft")
-    holder = subprocess.Popen(["unshare", "--net", "--", "sh", "-c", "echo ready; exec sleep 600"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "ready\n"
-        enter = ["nsenter", "--net=/proc/%d/ns/net" % holder.pid, "--"]
-
-        def run(argv, data=None):
-            done = subprocess.run(enter + list(argv), input=data, capture_output=True, text=True, check=False)
-            return done.returncode, done.stdout, done.stderr
-
+    with Netns() as namespace:
+        run, enter = namespace.run, namespace.enter
         assert run(["ip", "link", "set", "lo", "up"])[0] == 0
         assert run(["nft", "-f", "-"], 'table ip nodenet_nat {\n chain output {\n  type nat hook output priority -100;\n'
                    '  tcp dport 9999 counter dnat to 127.0.0.1:9998 comment "svc-dnat"\n }\n}\n')[0] == 0
@@ -328,7 +320,3 @@ def test_a_real_trace_follows_a_dnat_and_leaves_nothing_behind():
         assert result["path"][:2] == ["ip nodenet_nat output: packet oif lo 127.0.0.1:%s -> 127.0.0.1:9999 tcp"
                                       % result["packets"][0]["packet"]["sport"], "ip nodenet_nat output: svc-dnat (accept)"]
         assert result["removed"] and "nodenet_trace" not in run(["nft", "list", "tables"])[1]
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()

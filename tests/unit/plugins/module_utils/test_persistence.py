@@ -13,7 +13,6 @@ __metaclass__ = type
 import os
 import re
 import shutil
-import subprocess
 
 import pytest
 
@@ -25,7 +24,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.persistence import (
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordStore
 
-from support import FakeHost
+from support import FakeHost, Netns
 
 LOADER = os.path.join(os.path.dirname(__file__), "..", "..", "..", "..", "roles", "persist", "files", "nodenet-nat-restore.sh")
 # Both families, three chains, a DNAT cascade and a map-shaped (NodePort-like) rule.
@@ -125,23 +124,16 @@ class Node(object):
         self.backend = backend
         self.files = dict((kind, str(tmp_path / "etc" / os.path.basename(path))) for kind, path in DEFAULT_PERSIST_PATHS.items())
         self.run_dir = str(tmp_path / "run")
-        self.holder = subprocess.Popen(["unshare", "--net", "--", "sh", "-c", "echo ready; exec sleep 600"],
-                                       stdout=subprocess.PIPE, universal_newlines=True)
-        assert self.holder.stdout.readline() == "ready\n"
-        self.namespace = "/proc/%d/ns/net" % self.holder.pid
+        self.netns = Netns(env=dict(os.environ, NODENET_NAT_RUN_DIR=self.run_dir))
+        self.namespace = self.netns.path
         # The loader's lock is the engine's: both use <run dir>/netns-<inode of the namespace>.
         self.store = RecordStore(os.path.join(self.run_dir, "netns-%d" % os.stat(self.namespace).st_ino))
 
     def close(self):
-        self.holder.kill()
-        self.holder.wait()
-        self.holder.stdout.close()
+        self.netns.close()
 
     def run_command(self, argv, data=None):
-        result = subprocess.run(["nsenter", "--net=%s" % self.namespace, "--"] + list(argv), input=data, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, universal_newlines=True, check=False,
-                                env=dict(os.environ, NODENET_NAT_RUN_DIR=self.run_dir))
-        return result.returncode, result.stdout, result.stderr
+        return self.netns.run(argv, data)
 
     def sh(self, script):
         rc, out, err = self.run_command(["bash", "-ec", script])

@@ -53,25 +53,10 @@ def _foreign(backend_name, table):
     return commands
 
 
-@pytest.fixture
-def netns():
-    """A runner whose commands run in a new network namespace, gone when the fixture ends."""
-    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("nsenter"):
-        pytest.skip("needs root, unshare and nsenter to create a network namespace")
-    holder = subprocess.Popen(["unshare", "--net", "--", "sh", "-c", "echo ready; exec sleep 600"], stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline() == "ready\n"
-        namespace = "/proc/%d/ns/net" % holder.pid
-
-        def run(argv, data=None):
-            done = subprocess.run(["nsenter", "--net=" + namespace, "--"] + argv, input=data, capture_output=True, text=True, check=False)
-            return done.returncode, done.stdout, done.stderr
-
-        yield run
-    finally:
-        holder.kill()
-        holder.wait()
-        holder.stdout.close()
+@pytest.fixture(name="netns")
+def fixture_netns_runner(netns):
+    """A runner whose commands run in a new network namespace, gone when the test ends."""
+    return netns.run
 
 
 @pytest.fixture
