@@ -24,6 +24,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
+import difflib
 import itertools
 
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
@@ -192,23 +193,31 @@ def delta_script(current, desired):
     """The script that turns chains holding exactly ``current``'s lines into ``desired``'s, or None
     when a chain must appear or disappear (then full_script rewrites the family).
 
-    Per chain, the lines between the common head and the common tail are deleted and inserted
-    by position; an empty change gives the empty string.
+    Per chain, the lines that differ are deleted and inserted by position (a line-level diff: a change
+    of one rule touches that rule's lines wherever they are); an empty change gives the empty string.
     """
     current_lines, desired_lines = chain_lines(current), chain_lines(desired)
     if set(current_lines) != set(desired_lines):
         return None
     script = []
     for hook in CHAINS:
-        if hook not in desired_lines:
-            continue
-        chain, old, new = OWNED_CHAINS[hook], current_lines[hook], desired_lines[hook]
-        head = 0
-        while head < min(len(old), len(new)) and old[head] == new[head]:
-            head += 1
-        tail = 0
-        while tail < min(len(old), len(new)) - head and old[len(old) - 1 - tail] == new[len(new) - 1 - tail]:
-            tail += 1
-        script += ["-D %s %d" % (chain, head + 1)] * (len(old) - head - tail)
-        script += ["-I %s %d %s" % (chain, head + 1 + index, text) for index, text in enumerate(new[head:len(new) - tail])]
+        if hook in desired_lines:
+            script += _chain_delta(OWNED_CHAINS[hook], current_lines[hook], desired_lines[hook])
     return "*nat\n%s\nCOMMIT\n" % "\n".join(script) if script else ""
+
+
+def _chain_delta(chain, old, new):
+    """-D/-I commands, in order, that turn the lines ``old`` of ``chain`` into ``new``.
+
+    Applied in order, everything before an opcode already reads as ``new[:first]``, so the opcode's
+    lines sit at position first + 1. Lines are nearly all distinct (each carries its rule's name),
+    which keeps the matcher close to linear in the chain's length.
+    """
+    commands = []
+    matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
+    for tag, old_first, old_end, first, end in matcher.get_opcodes():
+        if tag == "equal":
+            continue
+        commands += ["-D %s %d" % (chain, first + 1)] * (old_end - old_first)
+        commands += ["-I %s %d %s" % (chain, first + 1 + index, text) for index, text in enumerate(new[first:end])]
+    return commands

@@ -173,6 +173,30 @@ def test_render_against_recorded_state_edits_only_the_lines_that_differ():
         "COMMIT\n")
 
 
+def test_changes_apart_in_a_long_chain_touch_only_their_own_lines():
+    # One rule edited in the middle and one added at the end: only their lines, not everything between them.
+    backend = IptablesBackend("nft")
+
+    def service(index, port=8080):
+        return make_rule(name="svc-%d" % index, type="dnat", chain="prerouting", family="ipv4", protocol="tcp",
+                         destination_ports=(PortRange(10000 + index, 10000 + index),), destination_type="local",
+                         to_destination=(Endpoint(addr("10.244.0.%d" % index), port),))
+
+    before = [service(index) for index in range(200)]
+    [first] = render(backend, before)
+    state = backend.parse({"ipv4": first.text.replace("-I PREROUTING 1 ", "-A PREROUTING ")})
+    after = [service(index, 9090 if index == 100 else 8080) for index in range(200)] + [service(200)]
+    [transaction] = render(backend, after, state)
+    assert transaction.text.splitlines() == [
+        "*nat",
+        "-D NODENET-PREROUTING 101",
+        '-I NODENET-PREROUTING 101 -p tcp -m tcp --dport 10100 -m addrtype --dst-type LOCAL -m comment --comment "svc-100" '
+        "-j DNAT --to-destination 10.244.0.100:9090",
+        '-I NODENET-PREROUTING 201 -p tcp -m tcp --dport 10200 -m addrtype --dst-type LOCAL -m comment --comment "svc-200" '
+        "-j DNAT --to-destination 10.244.0.200:8080",
+        "COMMIT"]
+
+
 def test_render_nothing_removes_every_owned_object_and_nothing_else():
     backend = IptablesBackend("nft")
     state = backend.parse({"ipv4": fixture("owned-nft.ipv4.save")})
