@@ -26,6 +26,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -392,6 +393,8 @@ def main():
         sys.exit("bench/scale.py needs root (network namespaces)")
     started, start, machine = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.time(), _machine()
     workdir = tempfile.mkdtemp(prefix="nodenet-bench-")
+    # A kill runs the finally blocks: namespaces, run records and the work directory go.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         convergence, latency = {}, {}
         for backend in BACKENDS:
