@@ -244,14 +244,20 @@ def new_token():
 
 
 class _Change(object):
-    """What one run computed from one read of the host."""
+    """What one run computed from one read of the host: the current entries (canonical order), the desired
+    ones, and what differs between them by name (computed once for the summary, the diff and stale flows)."""
 
-    def __init__(self, host, desired, scope):
+    def __init__(self, host, current, desired):
         self.host = host
-        self.current = canonical_order(host.entries)
-        self.scoped_current = [entry for entry in self.current if in_scope(entry, scope)]
+        self.current = current
         self.desired = desired
         self.drift = list(host.facts.get("unrecognized", []))
+        before = dict((entry.name, entry) for entry in self.current)
+        after = dict((entry.name, entry) for entry in self.desired)
+        # By name, in ruleset order: the entries only desired, only current, and in both with other content.
+        self.added = [entry for entry in self.desired if entry.name not in before]
+        self.removed = [entry for entry in self.current if entry.name not in after]
+        self.modified = [(before[entry.name], entry) for entry in self.desired if entry.name in before and _differ(before[entry.name], entry)]
 
     @property
     def learned(self):
@@ -261,7 +267,12 @@ class _Change(object):
 
     @property
     def needed(self):
-        return bool(self.drift) or [content(entry) for entry in self.desired] != [content(entry) for entry in self.current]
+        return bool(self.drift) or len(self.desired) != len(self.current) or any(
+            _differ(current, desired) for current, desired in zip(self.current, self.desired))
+
+
+def _differ(first, second):
+    return first is not second and content(first) != content(second)
 
 
 def invocation(params):
@@ -384,7 +395,7 @@ class NatRulesRun(object):
         current = canonical_order(host.entries)
         scoped = [entry for entry in current if in_scope(entry, self.scope)]
         desired = backend.normalize(splice_scope(current, desired_entries(backend, state, scoped, config), self.scope))
-        return _Change(host, desired, self.scope)
+        return _Change(host, current, desired)
 
     def _apply(self, backend, change, result):
         """Validate (check mode) or apply the change's transactions, then record the new state."""
@@ -425,8 +436,9 @@ class NatRulesRun(object):
 
     def _clear_stale_flows(self, change, result):
         """Flows of removed UDP/SCTP endpoints: listed (would be cleared, in check mode), then deleted."""
-        stale = flows.stale_flows(dict((entry.name, entry) for entry in change.current),
-                                  dict((entry.name, entry) for entry in change.desired))
+        before = dict((entry.name, entry) for entry in change.removed)
+        before.update((old.name, old) for old, new in change.modified)
+        stale = flows.stale_flows(before, dict((new.name, new) for old, new in change.modified))
         if stale:
             result["cleared_flows"] = [flows.describe(flow) for flow in stale]
         if not self.check_mode:
@@ -448,16 +460,15 @@ class NatRulesRun(object):
 
     def _report(self, change, result):
         """summary (counts and names), and before/after as result_rules asks: the changed rules, or all of them."""
-        before = change.scoped_current
-        after = [entry for entry in change.desired if in_scope(entry, self.scope)]
-        before_by_name = dict((entry.name, entry) for entry in before)
-        after_by_name = dict((entry.name, entry) for entry in after)
-        added = [name for name in after_by_name if name not in before_by_name]
-        removed = [name for name in before_by_name if name not in after_by_name]
-        modified = [name for name, entry in after_by_name.items()
-                    if name in before_by_name and content(before_by_name[name]) != content(entry)]
+        scope = self.scope
+        added = [entry.name for entry in change.added if in_scope(entry, scope)]
+        removed = [entry.name for entry in change.removed if in_scope(entry, scope)]
+        modified = [new.name for old, new in change.modified if in_scope(new, scope)]
+        before = [entry for entry in change.current if in_scope(entry, scope)] if scope else change.current
+        after = [entry for entry in change.desired if in_scope(entry, scope)] if scope else change.desired
+        present = set(entry.family for entry in after)
         result["summary"] = dict(before=len(before), after=len(after), added=added, removed=removed, changed=modified,
-                                 families=[family for family in FAMILIES if any(entry.family == family for entry in after)])
+                                 families=[family for family in FAMILIES if family in present])
         mode = self.params.get("result_rules") or "summary"
         if mode != "all":
             shown = set(added + removed + modified)

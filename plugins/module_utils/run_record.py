@@ -106,7 +106,7 @@ class RecordStore(object):
         """Write the record atomically; a failure only costs the next run a full read."""
         # An entry validated from a config item keeps only that item: params follow from it.
         data = dict(version=RECORD_VERSION, stamp=stamp,
-                    entries=[tuple(entry._replace(params=None) if entry.given is not None else entry) for entry in entries])
+                    entries=[entry[:4] + (entry.given, None) if entry.given is not None else tuple(entry) for entry in entries])
         try:
             write_file_atomic(self._path(backend_name), marshal.dumps(data, 4), mode=0o600)
         except (SysctlError, ValueError):

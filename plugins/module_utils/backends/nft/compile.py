@@ -333,14 +333,23 @@ class _PlanBuilder(object):
         self.base[hook].append("%s%s vmap @%s" % ("fib daddr type local " if shape.destination == "local" else "", key, map_name))
         # counter: every element (every rule of the run) counts its own packets.
         self.maps[map_name] = "type %s : verdict; counter" % _key_type(self.family, shape)
+        # Entries whose rest and statement kind agree share the data map and chain: place each kind once.
+        places = {}
         for entry in run:
             dummy, keys, matches, statement = entry.compiled
-            data_name = None
-            if isinstance(statement, list):
-                data_name, statement = self._dnat_lookup(map_name, key, statement)
-            text = "%s %s" % (matches, statement) if matches else statement
-            chain = self._chain_names.get(text) or self._shared_chain(statement, text)
-            self.placements[entry.name] = Placement(entry, map_name, data_name, chain)
+            kind = (matches, len(statement), statement[0][1] is not None) if isinstance(statement, list) else (matches, statement)
+            place = places.get(kind)
+            if place is None:
+                place = places[kind] = self._place(map_name, key, matches, statement)
+            self.placements[entry.name] = Placement(entry, map_name, place[0], place[1])
+
+    def _place(self, map_name, key, matches, statement):
+        """(data map name or None, shared chain name) of a keyed rule's rest ``matches`` and ``statement``."""
+        data_name = None
+        if isinstance(statement, list):
+            data_name, statement = self._dnat_lookup(map_name, key, statement)
+        text = "%s %s" % (matches, statement) if matches else statement
+        return data_name, self._chain_names.get(text) or self._shared_chain(statement, text)
 
     def _shared_chain(self, statement, text):
         """The chain holding ``text``, named after its statement and a digest of the text."""

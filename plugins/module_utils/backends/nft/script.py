@@ -12,7 +12,6 @@ or none of it does.
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import content
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft.compile import (
     BASE_CHAIN_PRIORITIES, MARKER_PREFIX, NFT_FAMILIES, TABLE, map_elements, placement_elements,
 )
@@ -58,20 +57,14 @@ def full_script(plans, present, token):
     return "\n".join(lines) + "\n" if lines else ""
 
 
-def _moved(current, desired):
-    """Whether a placement differs (another rule, or the same rule in other maps or chain)."""
-    if current is None or desired is None:
-        return True
-    return current[1:] != desired[1:] or (current.entry is not desired.entry and content(current.entry) != content(desired.entry))
-
-
 def _element_changes(current, desired):
     """({map: [key]} to delete, {map: [element]} to add) between two plans of equal skeletons."""
     removed, added = {}, {}
-    for name in set(current.placements) | set(desired.placements):
-        old, new = current.placements.get(name), desired.placements.get(name)
-        if not _moved(old, new):
-            continue
+    old_placements, new_placements = current.placements, desired.placements
+    # Equal placements (the same entry in the same maps and chain, mostly the very same objects) put in equal elements.
+    moved = [(old_placements.get(name), new) for name, new in new_placements.items() if old_placements.get(name) != new]
+    moved += [(old, None) for name, old in old_placements.items() if name not in new_placements]
+    for old, new in moved:
         old_elements = set(placement_elements(old)) if old else set()
         new_elements = set(placement_elements(new)) if new else set()
         for map_name, key, dummy_text in old_elements - new_elements:
