@@ -366,6 +366,8 @@ class NatRulesRun(object):
         with self.store:
             record = self.store.load(backend.name)
             change = self._compute(backend, state, config, backend.read(self.run_command, record))
+            if change.needed and backend.needs_full_read(change.desired, change.host):
+                change = self._compute(backend, state, config, backend.read(self.run_command))
             if change.needed:
                 try:
                     self._apply(backend, change, result)

@@ -13,7 +13,7 @@ description:
     network resource modules (O(state=merged), V(replaced), V(overridden), V(deleted), V(gathered), V(rendered), V(parsed)).
   - "Owned objects: with nft, the tables C(ip nodenet_nat) and C(ip6 nodenet_nat); with iptables, the chains
     C(NODENET-PREROUTING), C(NODENET-INPUT), C(NODENET-OUTPUT), C(NODENET-POSTROUTING) of table C(nat) and one jump rule
-    to each from its built-in chain. Rules of other tools (kube-proxy, docker, firewalld, people) are never modified or removed."
+    to each from its built-in chain (on iptables-nft also an empty marker chain C(NODENET-RUN-<token>), see the run record). Rules of other tools (kube-proxy, docker, firewalld, people) are never modified or removed."
   - The rule name is the rule's identity and is written as its comment; the host's owned rules are read back and compared
     with the desired rules as normalized data, so a second run reports no change.
   - Every rule is validated first (a bad input fails naming the rule, the field and the value, before any command
@@ -22,7 +22,8 @@ description:
   - Built for tens of thousands of rules. With nft, same-shaped rules (NodePort-like, ClusterIP-like) become elements of
     shared verdict and data maps, so a packet meets one lookup whatever the number of services, and a change adds and
     deletes only the elements that differ. Rules unchanged since the last run are not validated or compiled again (the
-    run record under C(/run/nodenet-nat) remembers them while the host carries the record's stamp).
+    run record under C(/run/nodenet-nat) remembers them while the host carries the record's stamp - on nft and iptables-nft
+    a marker chain named after the run that last changed the rules, on iptables-legacy a digest of the owned lines).
   - One run at a time per host (network namespace) - a second run waits for a lock under C(/run/nodenet-nat), and reads
     the host after the first one is done.
   - With the iptables backends, each family is one transaction; when a family fails to apply after another one did

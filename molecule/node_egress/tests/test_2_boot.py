@@ -9,8 +9,9 @@ UPSTREAM = {"203.0.113.2": "203.0.113.1 upstream", "2001:db8::2": "2001:db8::1 u
 
 
 def unmarked(listing):
-    """The listing with the nft marker chain unnamed (named after the run that wrote the tables, or the rules)."""
-    return re.sub(r"state_[0-9a-f]+", "state_", listing)
+    """The listing with the marker chain unnamed (nft state_, iptables-nft NODENET-RUN-: named after the run that wrote
+    the rules, or after the rules in the boot files)."""
+    return re.sub(r"(state_|NODENET-RUN-)[0-9a-f]+", r"\1", listing)
 
 
 @pytest.fixture(name="converged", scope="module")

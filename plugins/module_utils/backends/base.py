@@ -92,6 +92,10 @@ class NatBackend(object):
         """HostState from {family: the text of one list command} (offline; state parsed)."""
         raise NotImplementedError
 
+    def needs_full_read(self, desired, current):
+        """Whether rendering ``desired`` needs what a read from the run record (``current``) does not hold."""
+        return False
+
     def normalize(self, entries):
         """``entries`` (canonical order) in the order a read of the host gives them back."""
         return list(entries)

@@ -17,7 +17,7 @@ form in iptables, so such a rule is refused with UnsupportedRule (express the ex
 rules placed before it, as ip-masq-agent does).
 
 A change to chains that exist and read back as written edits only the lines that differ
-(``-D CHAIN n`` / ``-I CHAIN n``) in one ``iptables-restore --noflush``; otherwise the owned chains
+(``-D CHAIN rule`` / ``-I CHAIN n rule``) in one ``iptables-restore --noflush``; otherwise the owned chains
 are declared again (which flushes them) and rewritten.
 """
 from __future__ import absolute_import, division, print_function
@@ -36,6 +36,8 @@ JUMP_COMMENT = "nodenet-nat"
 BUILTIN_CHAINS = dict((hook, hook.upper()) for hook in CHAINS)
 OWNED_CHAINS = dict((hook, CHAIN_PREFIX + builtin) for hook, builtin in BUILTIN_CHAINS.items())
 HOOK_OF_CHAIN = dict((chain, hook) for hook, chain in OWNED_CHAINS.items())
+# An empty owned chain named after the run that last changed the family (iptables-nft; see IptablesBackend).
+MARKER_PREFIX = CHAIN_PREFIX + "RUN-"
 MULTIPORT_SLOTS = 15        # xt_multiport: a range takes two slots
 TARGETS = {"masquerade": "MASQUERADE", "snat": "SNAT", "dnat": "DNAT", "mark": "MARK", "return": "RETURN"}
 
@@ -156,20 +158,26 @@ def chain_lines(entries):
     return lines
 
 
-def full_script(desired, facts):
+def marker_chain(token):
+    return MARKER_PREFIX + token
+
+
+def full_script(desired, facts, token=None):
     """The iptables-restore script that rewrites one family's owned objects, or None when nothing is owned before or after.
 
     ``facts`` (from the read): ``chains`` the owned chains declared, ``jumps`` {builtin chain: [jump spec]}.
+    ``token``: the family keeps its rules with the marker chain of this run (and no other).
     """
     desired_lines = chain_lines(desired)
     used_hooks = [hook for hook in CHAINS if hook in desired_lines]
     used_chains = [OWNED_CHAINS[hook] for hook in used_hooks]
-    stale_chains = [chain for chain in facts["chains"] if chain not in used_chains]
+    marker = [marker_chain(token)] if token and used_chains else []
+    stale_chains = [chain for chain in facts["chains"] if chain not in used_chains + marker]
     if not used_chains and not stale_chains and not any(facts["jumps"].values()):
         return None
     # Declaring a chain under --noflush creates it or flushes it (both variants); stale chains are
     # flushed too so that -X succeeds even when they reference each other.
-    script = ["*nat"] + [":%s - [0:0]" % chain for chain in used_chains + stale_chains]
+    script = ["*nat"] + [":%s - [0:0]" % chain for chain in used_chains + stale_chains + marker]
     kept_jumps = set()
     for builtin, jumps in sorted(facts["jumps"].items()):
         hook = builtin.lower()
@@ -189,12 +197,13 @@ def full_script(desired, facts):
     return "\n".join(script) + "\n"
 
 
-def delta_script(current, desired):
+def delta_script(current, desired, markers=(), token=None):
     """The script that turns chains holding exactly ``current``'s lines into ``desired``'s, or None
     when a chain must appear or disappear (then full_script rewrites the family).
 
     Per chain, the lines that differ are deleted and inserted by position (a line-level diff: a change
     of one rule touches that rule's lines wherever they are); an empty change gives the empty string.
+    A change with a ``token`` also replaces the family's marker chains (``markers``) by this run's.
     """
     current_lines, desired_lines = chain_lines(current), chain_lines(desired)
     if set(current_lines) != set(desired_lines):
@@ -203,21 +212,25 @@ def delta_script(current, desired):
     for hook in CHAINS:
         if hook in desired_lines:
             script += _chain_delta(OWNED_CHAINS[hook], current_lines[hook], desired_lines[hook])
+    if script and token:
+        script = [":%s - [0:0]" % marker_chain(token)] + script + ["-X %s" % chain for chain in markers]
     return "*nat\n%s\nCOMMIT\n" % "\n".join(script) if script else ""
 
 
 def _chain_delta(chain, old, new):
     """-D/-I commands, in order, that turn the lines ``old`` of ``chain`` into ``new``.
 
-    Applied in order, everything before an opcode already reads as ``new[:first]``, so the opcode's
-    lines sit at position first + 1. Lines are nearly all distinct (each carries its rule's name),
-    which keeps the matcher close to linear in the chain's length.
+    Lines go by their text (``-D CHAIN rule``): a line that is no longer there (an edit by hand behind the
+    run record) fails the change instead of deleting another line, and the run then reads the host in full.
+    Applied in order, everything before an opcode already reads as ``new[:first]``, so the opcode's new
+    lines go in at position first + 1. Lines are nearly all distinct (each carries its rule's name), which
+    keeps the matcher close to linear in the chain's length.
     """
     commands = []
     matcher = difflib.SequenceMatcher(None, old, new, autojunk=False)
     for tag, old_first, old_end, first, end in matcher.get_opcodes():
         if tag == "equal":
             continue
-        commands += ["-D %s %d" % (chain, first + 1)] * (old_end - old_first)
+        commands += ["-D %s %s" % (chain, text) for text in old[old_first:old_end]]
         commands += ["-I %s %d %s" % (chain, first + 1 + index, text) for index, text in enumerate(new[first:end])]
     return commands

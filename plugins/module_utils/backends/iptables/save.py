@@ -17,7 +17,7 @@ import itertools
 import shlex
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.lines import (
-    BUILTIN_CHAINS, CHAIN_PREFIX, HOOK_OF_CHAIN, OWNED_CHAINS, TARGETS, Line, jump_tokens, rule_lines,
+    BUILTIN_CHAINS, CHAIN_PREFIX, HOOK_OF_CHAIN, MARKER_PREFIX, OWNED_CHAINS, TARGETS, Line, jump_tokens, rule_lines,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     CHAINS, FULL_MARK, Endpoint, Mark, PortRange, address_families, make_rule, parse_address, parse_network,
@@ -106,7 +106,8 @@ def _comment(spec):
 def parse_owned(family, owned):
     """(rules, drift) of one family's OwnedObjects; drift lists what render would rewrite."""
     rules, drift = [], []
-    drift.extend("%s %s: chain this collection does not use" % (family, chain) for chain in owned.chains if chain not in HOOK_OF_CHAIN)
+    drift.extend("%s %s: chain this collection does not use" % (family, chain) for chain in owned.chains
+                 if chain not in HOOK_OF_CHAIN and not chain.startswith(MARKER_PREFIX))
     for chain in [OWNED_CHAINS[hook] for hook in CHAINS if OWNED_CHAINS[hook] in owned.chains]:
         hook = HOOK_OF_CHAIN[chain]
         where = "%s %s" % (family, chain)

@@ -50,17 +50,20 @@ def _objects(listing, command):
         raise BackendError("%s printed what is not an nft JSON listing: %r" % (command, listing[:200]))
 
 
-def owned_tables(chains_listing):
-    """{family: [marker tokens]} of the owned tables in ``nft -j list chains`` output."""
-    tables = {}
+def listed_chains(chains_listing, table):
+    """{family: [chain names]} of the tables called ``table`` (ip and ip6) in ``nft -j list chains`` output."""
+    chains = {}
     for item in _objects(chains_listing, " ".join(LIST_CHAINS_ARGV)):
         chain = item.get("chain")
-        if chain is None or chain["table"] != TABLE or chain["family"] not in _FAMILY_OF:
-            continue
-        markers = tables.setdefault(_FAMILY_OF[chain["family"]], [])
-        if chain["name"].startswith(MARKER_PREFIX):
-            markers.append(chain["name"][len(MARKER_PREFIX):])
-    return tables
+        if chain is not None and chain["table"] == table and chain["family"] in _FAMILY_OF:
+            chains.setdefault(_FAMILY_OF[chain["family"]], []).append(chain["name"])
+    return chains
+
+
+def owned_tables(chains_listing):
+    """{family: [marker tokens]} of the owned tables in ``nft -j list chains`` output."""
+    return dict((family, [name[len(MARKER_PREFIX):] for name in names if name.startswith(MARKER_PREFIX)])
+                for family, names in listed_chains(chains_listing, TABLE).items())
 
 
 def _common_stamp(markers):

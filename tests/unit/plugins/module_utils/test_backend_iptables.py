@@ -166,8 +166,8 @@ def test_render_against_recorded_state_edits_only_the_lines_that_differ():
     [transaction] = render(backend, changed, state)
     assert transaction.text == (
         "*nat\n"
-        "-D NODENET-POSTROUTING 2\n"
-        "-D NODENET-POSTROUTING 2\n"
+        '-D NODENET-POSTROUTING -s 10.244.0.0/16 -o eth0 -m comment --comment "egress" -j MASQUERADE --random-fully\n'
+        '-D NODENET-POSTROUTING -s 10.245.0.0/16 -o eth0 -m comment --comment "egress" -j MASQUERADE --random-fully\n'
         '-I NODENET-POSTROUTING 2 -s 10.244.0.0/16 -o eth0 -m comment --comment "egress" -j MASQUERADE\n'
         '-I NODENET-POSTROUTING 3 -s 10.245.0.0/16 -o eth0 -m comment --comment "egress" -j MASQUERADE\n'
         "COMMIT\n")
@@ -189,7 +189,8 @@ def test_changes_apart_in_a_long_chain_touch_only_their_own_lines():
     [transaction] = render(backend, after, state)
     assert transaction.text.splitlines() == [
         "*nat",
-        "-D NODENET-PREROUTING 101",
+        '-D NODENET-PREROUTING -p tcp -m tcp --dport 10100 -m addrtype --dst-type LOCAL -m comment --comment "svc-100" '
+        "-j DNAT --to-destination 10.244.0.100:8080",
         '-I NODENET-PREROUTING 101 -p tcp -m tcp --dport 10100 -m addrtype --dst-type LOCAL -m comment --comment "svc-100" '
         "-j DNAT --to-destination 10.244.0.100:9090",
         '-I NODENET-PREROUTING 201 -p tcp -m tcp --dport 10200 -m addrtype --dst-type LOCAL -m comment --comment "svc-200" '

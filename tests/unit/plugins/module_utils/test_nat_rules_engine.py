@@ -5,6 +5,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -14,6 +15,7 @@ import pytest
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import (
     BackendError, HostState, NatBackend, Transaction, content, entry_params, entry_rule,
 )
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import IptablesBackend
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import NftBackend
 from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES
 from ansible_collections.nodenet.nat.plugins.module_utils.model.dicts import rule_to_params
@@ -438,6 +440,13 @@ def namespace_runner(netns):
     return netns.run
 
 
+def _real_backend(name):
+    """The backend as detection gives it: iptables-nft with the nft binary (its marker chains), when there is one."""
+    if name == "iptables":
+        return IptablesBackend("nft", nft=shutil.which("nft"))
+    return offline_backend(name)
+
+
 @pytest.mark.parametrize("backend_name", sorted(_REAL_BACKEND_BINARIES))
 def test_real_backend_converges_idempotently_in_a_namespace(namespace_runner, backend_name, store):
     if not all(shutil.which(binary) for binary in _REAL_BACKEND_BINARIES[backend_name]):
@@ -453,7 +462,7 @@ def test_real_backend_converges_idempotently_in_a_namespace(namespace_runner, ba
         ("deleted", [], True),
         ("deleted", [], False),
     ]
-    backend = offline_backend(backend_name)
+    backend = _real_backend(backend_name)
     for state, config, changed in steps:
         params = _params(state, config, backend=backend_name)
         check = NatRulesRun(params, FakeHost(namespace_runner, check_mode=True), lambda requested: (backend, "test"), offline_backend, store).run()
@@ -486,6 +495,61 @@ def test_a_hand_edit_behind_the_record_is_repaired_by_a_full_read(namespace_runn
     assert [rule["name"] for rule in result["before"]] == ["svc-1", "svc-3"]
     assert not any("30002" in line for line in result["commands"])
     assert [entry_params(entry)["name"] for entry in backend.read(namespace_runner).entries] == ["svc-1"]
+
+
+def _services(count, port=80):
+    return [dict(name="svc-%d" % index, type="dnat", destination_type="local", protocol="tcp", destination_ports=[30000 + index],
+                 to_destination=["10.244.1.%d:%d" % (index, port)]) for index in range(1, count + 1)]
+
+
+def test_iptables_nft_runs_from_the_record_list_chains_instead_of_rules(netns, store):
+    """A no-op and a one-rule change never list the owned rules (iptables-nft-save): the marker chain says the
+    host holds what the record holds, and the end state is what a full read finds."""
+    if not shutil.which("nft") or not shutil.which("iptables-nft-save"):
+        pytest.skip("needs nft and iptables-nft")
+    backend = _real_backend("iptables")
+    commands = []
+
+    def runner(argv, data=None):
+        commands.append(os.path.basename(argv[0]))
+        return netns.run(argv, data)
+
+    def converge(config):
+        del commands[:]
+        return NatRulesRun(_params("overridden", config, backend="iptables"), FakeHost(runner), lambda requested: (backend, "test"),
+                           offline_backend, store).run()
+
+    first = converge(_services(3))
+    assert first["changed"] and any(line.startswith(":NODENET-RUN-") for line in first["commands"])
+    assert not converge(_services(3))["changed"] and commands == ["nft"]
+    changed = converge(_services(2) + _services(3, port=81)[2:])
+    assert changed["summary"]["changed"] == ["svc-3"] and "iptables-nft-save" not in commands
+    assert commands == ["nft", "iptables-nft-restore", "nft"]
+    assert [content(entry) for entry in backend.read(netns.run).entries] == [content(entry) for entry in store.load("iptables").entries]
+    # Removing the last rules needs to know whether other tools use the nat table: a full read, and the table goes.
+    assert converge([])["changed"] and "iptables-nft-save" in commands
+    rc, tables, err = netns.run(["nft", "list", "tables"])
+    assert (rc, tables) == (0, "")
+
+
+def test_iptables_nft_line_deleted_by_hand_behind_the_record_is_repaired_by_a_full_read(netns, store):
+    """The marker stays when a line is deleted by hand; the next change deletes lines by their text, so the line
+    that is gone fails it instead of deleting another, and the run reads the host in full and applies again."""
+    if not shutil.which("nft") or not shutil.which("iptables-nft-save"):
+        pytest.skip("needs nft and iptables-nft")
+    backend = _real_backend("iptables")
+
+    def converge(config):
+        return NatRulesRun(_params("overridden", config, backend="iptables"), FakeHost(netns.run), lambda requested: (backend, "test"),
+                           offline_backend, store).run()
+
+    converge(_services(3))
+    rc, dummy, err = netns.run(["iptables-nft", "-w", "-t", "nat", "-D", "NODENET-PREROUTING", "2"])
+    assert rc == 0, err
+    result = converge(_services(1))
+    assert result["changed"] is True
+    assert [rule["name"] for rule in result["before"]] == ["svc-1", "svc-3"]
+    assert [entry_params(entry)["name"] for entry in backend.read(netns.run).entries] == ["svc-1"]
 
 
 # -- scope: several callers, each owning the rules named with its prefix -------------------------
