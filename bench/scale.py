@@ -100,9 +100,15 @@ def services(count, moved=None):
             for index in range(count)]
 
 
+REPEATS = 3
+
+
 def step_configs(count):
-    return [("first run", services(count)), ("no-op", services(count)), ("one changed", services(count, moved=count // 2)),
-            ("one removed", services(count, moved=count // 2)[:-1])]
+    """The steps in order; the no-op and the one-service change (there and back) are repeated for a median."""
+    changed, unchanged = services(count, moved=count // 2), services(count)
+    return ([("first run", unchanged)] + [("no-op", unchanged)] * REPEATS
+            + [("one changed", changed if index % 2 == 0 else unchanged) for index in range(REPEATS)]
+            + [("one removed", (changed if REPEATS % 2 else unchanged)[:-1])])
 
 
 # ---------------------------------------------------------------------------- convergence
@@ -115,22 +121,31 @@ PLAYBOOK = """- hosts: localhost
       %s
 """
 # The rules reach the task as JSON text (a string variable), as the module documents for big rulesets;
-# LIST_TASK passes the same rules as a list variable, for comparison.
+# LIST_TASK passes the same rules as a list variable, for comparison. Each has its floor: the same vars, a debug task.
 NAT_RULES_TASK = """nodenet.nat.nat_rules:
         backend: %s
         state: overridden
         config: "{{ nat_rules_text }}"
 """
 LIST_TASK = NAT_RULES_TASK.replace("nat_rules_text", "nat_rules_config")
-FLOOR_TASK = """ansible.builtin.debug:
-        msg: "{{ nat_rules_text | length }} {{ nat_rules_config | length }}"
+TEXT_FLOOR_TASK = """ansible.builtin.debug:
+        msg: "{{ nat_rules_text | length }}"
 """
+LIST_FLOOR_TASK = TEXT_FLOOR_TASK.replace("nat_rules_text", "nat_rules_config")
 
 
-def ansible_seconds(namespace, workdir, task, config):
-    """Wall seconds of ansible-playbook running ``task`` with ``config`` as vars."""
+def as_text(config):
+    return {"nat_rules_text": json.dumps(config)}
+
+
+def as_list(config):
+    return {"nat_rules_config": config}
+
+
+def ansible_seconds(namespace, workdir, task, variables):
+    """Wall seconds of ansible-playbook running ``task`` with ``variables`` as extra vars."""
     with open(os.path.join(workdir, "vars.json"), "w") as handle:
-        json.dump({"nat_rules_config": config, "nat_rules_text": json.dumps(config)}, handle)
+        json.dump(variables, handle)
     with open(os.path.join(workdir, "play.yml"), "w") as handle:
         handle.write(PLAYBOOK % task)
     start = time.perf_counter()
@@ -170,27 +185,35 @@ def raw_apply_seconds(namespace, transactions, commands):
 
 
 def measure_convergence(backend, count, workdir):
-    """{step: {"ansible": s above floor, "module": s, "rss": MiB}}, plus floor and raw apply seconds."""
-    figures = {}
+    """{step: {"ansible": s above floor, "module": s, "rss": MiB}} (medians of the repeated steps), plus floor and raw apply seconds."""
+    samples, floors = {}, []
     namespace = Namespace()
     try:
-        floor = ansible_seconds(namespace, workdir, FLOOR_TASK, services(count))
-        for step, config in step_configs(count):
-            figures[step] = {"ansible": ansible_seconds(namespace, workdir, NAT_RULES_TASK % backend, config) - floor}
-        # A no-op with the rules as a list variable (the rules the last step left): what ansible costs to walk them.
-        figures["no-op"]["ansible list"] = ansible_seconds(namespace, workdir, LIST_TASK % backend, step_configs(count)[-1][1]) - floor
+        for index, (step, config) in enumerate(step_configs(count)):
+            if index % REPEATS == 0:
+                floors.append(ansible_seconds(namespace, workdir, TEXT_FLOOR_TASK, as_text(services(count))))
+            samples.setdefault(step, []).append(ansible_seconds(namespace, workdir, NAT_RULES_TASK % backend, as_text(config)))
+        floor = statistics.median(floors)
+        figures = dict((step, {"ansible": statistics.median(values) - floor}) for step, values in samples.items())
+        # A no-op with the rules as a list variable (the rules the last step left), above its own floor: what ansible costs to walk them.
+        last = step_configs(count)[-1][1]
+        list_floor = ansible_seconds(namespace, workdir, LIST_FLOOR_TASK, as_list(last))
+        figures["no-op"]["ansible list"] = ansible_seconds(namespace, workdir, LIST_TASK % backend, as_list(last)) - list_floor
     finally:
         namespace.close()
+    samples = {}
     namespace = Namespace()
     try:
         for step, config in step_configs(count):
             result, seconds, rss = module_run(namespace, workdir, {"backend": backend, "state": "overridden", "config": config})
             assert result["changed"] == (step != "no-op"), (step, result.get("summary"))
-            figures[step].update(module=seconds, rss=rss)
+            samples.setdefault(step, []).append((seconds, rss))
             if step == "first run":
                 first = result
     finally:
         namespace.close()
+    for step, values in samples.items():
+        figures[step].update(module=statistics.median(seconds for seconds, rss in values), rss=max(rss for seconds, rss in values))
     namespace = Namespace()
     try:
         raw = raw_apply_seconds(namespace, first["transactions"], first["commands"])
@@ -213,8 +236,8 @@ def measure_builtin_loop(workdir):
 """
     namespace = Namespace()
     try:
-        floor = ansible_seconds(namespace, workdir, FLOOR_TASK, services(BUILTIN_RULES))
-        seconds = ansible_seconds(namespace, workdir, task, services(BUILTIN_RULES))
+        floor = ansible_seconds(namespace, workdir, LIST_FLOOR_TASK, as_list(services(BUILTIN_RULES)))
+        seconds = ansible_seconds(namespace, workdir, task, as_list(services(BUILTIN_RULES)))
     finally:
         namespace.close()
     return (seconds - floor) / BUILTIN_RULES
@@ -353,9 +376,11 @@ def report(convergence, builtin_per_rule, latency, started, seconds, machine):
         "N NodePort-shaped services (`destination_type: local`, tcp, one port, two endpoints), one "
         "`nodenet.nat.nat_rules` task with `state: overridden` and the rules as JSON text in a variable (as the module "
         "documents for big rulesets). **ansible** is the wall time of `ansible-playbook` minus its floor (the same "
-        "playbook and vars with a `debug` task, also given); **as a list** the same no-op with the rules in a list "
-        "variable; **module** the module's own wall time and **RSS** its peak resident memory, the module file run "
-        "directly on the same arguments; **raw** the backend's own tool applying the module's first-run script.",
+        "playbook and vars with a `debug` task, also given; the median of %d runs spread over the steps); **as a list** "
+        "the same no-op with the rules in a list variable, above the floor of that variable; **module** the module's own "
+        "wall time and **RSS** its peak resident memory, the module file run directly on the same arguments; **raw** the "
+        "backend's own tool applying the module's first-run script. The no-op and the one-service change (there, back, "
+        "there again) run %d times each and give their median; the first run and the removal run once." % (REPEATS, REPEATS),
         "",
         "| backend | N | floor s | step | ansible s | module s | RSS MiB | raw s |",
         "|---|---:|---:|---|---:|---:|---:|---:|",
