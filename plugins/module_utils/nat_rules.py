@@ -312,8 +312,8 @@ class NatRulesRun(object):
         """The result dict; raises NatRulesError (bad input, failing command)."""
         state = self.params["state"]
         try:
-            config = config_items(self.params.get("config"))
             with gc_paused():
+                config = config_items(self.params.get("config"))
                 if state in OFFLINE_STATES:
                     result = self._offline(state, config)
                 else:

@@ -26,7 +26,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import (
     BackendError, HostState, NatBackend, Transaction, run_listing,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft.compile import (
-    MARKER_PREFIX, NFT_FAMILIES, TABLE, compile_rule, normalize, skeleton, table_plan,
+    MARKER_PREFIX, NFT_FAMILIES, TABLE, compile_rule, normalize, plan_with_replaced, skeleton, table_plan,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft.listing import parse_family
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft.script import delta_script, full_script
@@ -137,7 +137,7 @@ class NftBackend(NatBackend):
             return []
         text = None
         if not current.facts.get("unrecognized") and all((family in present) == (desired_plans[family] is not None) for family in FAMILIES):
-            current_plans = self._plans(current.entries)
+            current_plans = self._current_plans(desired_plans, current.entries, desired)
             if all(self._same_skeleton(current_plans[family], desired_plans[family]) for family in FAMILIES):
                 text = delta_script(current_plans, desired_plans, current.facts.get("markers", {}), token)
         if text is None:
@@ -151,6 +151,21 @@ class NftBackend(NatBackend):
             by_family[entry.family].append(entry)
         return dict((family, table_plan(family, family_entries) if family_entries else None)
                     for family, family_entries in by_family.items())
+
+    @classmethod
+    def _current_plans(cls, desired_plans, current, desired):
+        """The plans of ``current``: derived from the desired plans when few entries were replaced in place (the
+        same names in the same order; plan_with_replaced), else built."""
+        if len(current) == len(desired):
+            pairs = [(old, new) for old, new in zip(current, desired) if old is not new]
+            if len(pairs) * 4 <= len(current):
+                plans = {}
+                for family, plan in desired_plans.items():
+                    family_pairs = [(old, new) for old, new in pairs if new.family == family]
+                    plans[family] = plan if plan is None or not family_pairs else plan_with_replaced(plan, family_pairs)
+                if all(plans[family] is not None or desired_plans[family] is None for family in FAMILIES):
+                    return plans
+        return cls._plans(current)
 
     @staticmethod
     def _same_skeleton(current, desired):

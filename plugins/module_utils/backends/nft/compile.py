@@ -60,8 +60,9 @@ def quote(text):
 
 
 def skeleton(plan):
-    """Everything of a plan but the map elements: equal skeletons differ only in elements."""
-    return plan.family, plan.maps, plan.chains, plan.base
+    """Everything of a plan but the map elements: equal skeletons differ only in elements (maps and chains are
+    compared by name, whatever order they were declared in)."""
+    return plan.family, dict(plan.maps), dict(plan.chains), dict(plan.base)
 
 
 # ---------------------------------------------------------------------------
@@ -314,17 +315,45 @@ def normalize(entries):
 # Table plan
 # ---------------------------------------------------------------------------
 
+def _dnat_map(nft_family, map_name, key, endpoints):
+    """(data map name, its declaration, the dnat statement) of a DNAT to ``endpoints`` in the run of ``map_name``."""
+    count, with_port = len(endpoints), endpoints[0][1] is not None
+    data_name = "%s_dnat%d%s" % (map_name, count, "" if with_port else "_address")
+    selector = "%s . numgen random mod %d" % (key, count) if count > 1 else key
+    value_type = "%s daddr . th dport" % nft_family if with_port else "%s daddr" % nft_family
+    return data_name, "typeof %s : %s" % (selector, value_type), "dnat %s to %s map @%s" % (nft_family, selector, data_name)
+
+
+def _shared_chain(statement, text):
+    """The name of the shared chain holding ``text``: its statement's kind and a digest of the text."""
+    kind = statement.split(None, 1)[0]
+    return "%s_%s" % ("mark" if kind == "meta" else kind, hashlib.sha256(text.encode("utf-8")).hexdigest()[:12])
+
+
+def _place(family, map_name, entry, maps, chains):
+    """(data map name or None, shared chain name) of a keyed entry in the run of ``map_name``; the data map and
+    chain it needs are added to ``maps`` and ``chains`` when missing."""
+    dummy, keys, matches, statement = entry.compiled
+    data_name = None
+    if isinstance(statement, list):
+        data_name, declaration, statement = _dnat_map(NFT_FAMILIES[family], map_name, key_expression(family, SHAPES[entry.compiled[0]]), statement)
+        if data_name not in maps:
+            maps[data_name] = declaration
+    text = "%s %s" % (matches, statement) if matches else statement
+    chain = _shared_chain(statement, text)
+    if chain not in chains:
+        chains[chain] = (text,)
+    return data_name, chain
+
+
 class _PlanBuilder(object):
     def __init__(self, family):
         self.family = family
-        self.nft_family = NFT_FAMILIES[family]
         self.maps = collections.OrderedDict()
         self.chains = collections.OrderedDict()
         self.base = collections.OrderedDict((hook, []) for hook in CHAINS)
         self.placements = {}
         self._runs = 0
-        self._chain_names = {}
-        self._dnat_statements = {}
 
     def add_run(self, hook, shape, run):
         self._runs += 1
@@ -340,36 +369,8 @@ class _PlanBuilder(object):
             kind = (matches, len(statement), statement[0][1] is not None) if isinstance(statement, list) else (matches, statement)
             place = places.get(kind)
             if place is None:
-                place = places[kind] = self._place(map_name, key, matches, statement)
+                place = places[kind] = _place(self.family, map_name, entry, self.maps, self.chains)
             self.placements[entry.name] = Placement(entry, map_name, place[0], place[1])
-
-    def _place(self, map_name, key, matches, statement):
-        """(data map name or None, shared chain name) of a keyed rule's rest ``matches`` and ``statement``."""
-        data_name = None
-        if isinstance(statement, list):
-            data_name, statement = self._dnat_lookup(map_name, key, statement)
-        text = "%s %s" % (matches, statement) if matches else statement
-        return data_name, self._chain_names.get(text) or self._shared_chain(statement, text)
-
-    def _shared_chain(self, statement, text):
-        """The chain holding ``text``, named after its statement and a digest of the text."""
-        kind = statement.split(None, 1)[0]
-        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
-        name = self._chain_names[text] = "%s_%s" % ("mark" if kind == "meta" else kind, digest)
-        self.chains[name] = (text,)
-        return name
-
-    def _dnat_lookup(self, map_name, key, endpoints):
-        """(data map name, dnat statement) for ``endpoints`` in the run of ``map_name``."""
-        count, with_port = len(endpoints), endpoints[0][1] is not None
-        data_name = "%s_dnat%d%s" % (map_name, count, "" if with_port else "_address")
-        statement = self._dnat_statements.get(data_name)
-        if statement is None:
-            selector = "%s . numgen random mod %d" % (key, count) if count > 1 else key
-            value_type = "%s daddr . th dport" % self.nft_family if with_port else "%s daddr" % self.nft_family
-            self.maps[data_name] = "typeof %s : %s" % (selector, value_type)
-            statement = self._dnat_statements[data_name] = "dnat %s to %s map @%s" % (self.nft_family, selector, data_name)
-        return data_name, statement
 
     def plan(self):
         return TablePlan(self.family, self.maps, self.chains,
@@ -388,6 +389,32 @@ def table_plan(family, entries):
             else:
                 builder.add_run(hook, shape, run)
     return builder.plan()
+
+
+def plan_with_replaced(plan, pairs):
+    """The plan of ``plan``'s entries with each ``new`` of ``pairs`` [(old, new)] put back to ``old``, or None
+    when that is more than moving placements (then build that plan from its entries).
+
+    Where the old and new entry of every pair are keyed with the same shape and keys, the runs and their
+    maps are the same and only the pairs' data maps and chains can differ: a change of a few rules among
+    tens of thousands then costs the work of those rules, not of a second plan.
+    """
+    placements, maps, chains = dict(plan.placements), dict(plan.maps), dict(plan.chains)
+    uses = collections.Counter(placement.chain for placement in placements.values())
+    uses.update(placement.data_map for placement in placements.values() if placement.data_map)
+    for old, new in pairs:
+        placement = placements.get(new.name)
+        if placement is None or old.compiled[:2] != new.compiled[:2] or (old.name, old.family, old.chain) != (new.name, new.family, new.chain):
+            return None
+        data_name, chain = _place(plan.family, placement.map, old, maps, chains)
+        uses.subtract(name for name in (placement.data_map, placement.chain) if name)
+        uses.update(name for name in (data_name, chain) if name)
+        placements[old.name] = Placement(old, placement.map, data_name, chain)
+    for name, count in uses.items():
+        if count == 0:
+            maps.pop(name, None)
+            chains.pop(name, None)
+    return TablePlan(plan.family, maps, chains, plan.base, placements)
 
 
 def placement_elements(placement):

@@ -25,7 +25,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import H
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import (
     APPLY_ARGV, CHECK_ARGV, LIST_CHAINS_ARGV, NftBackend, list_table_argv, owned_tables,
 )
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft.compile import normalize
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft.compile import normalize, plan_with_replaced, skeleton, table_plan
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     CHAINS_BY_TYPE, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS, RULE_TYPES, Endpoint, Mark, PortRange,
     make_rule, normalize_ct_states, normalize_networks, normalize_port_ranges,
@@ -547,6 +547,63 @@ def test_round_trip_and_change_of_generated_rulesets(rulesets_pair):
     assert contents(after_second.entries) == contents(entries_of(second))
     assert not after_second.facts["unrecognized"]
     assert chains_after == dict((family, ["t2"]) for family in families_of(second))
+
+
+@st.composite
+def edited_in_place(draw):
+    """A ruleset and the same one with some rules edited without moving (other endpoints or mark), or redrawn."""
+    first = draw(rulesets())
+    second = []
+    for rule in first:
+        edit = draw(st.sampled_from(["keep", "keep", "endpoints", "mark", "redraw"]))
+        if edit == "endpoints" and rule.type == "dnat":
+            with_ports = rule.protocol is not None and draw(st.booleans())
+            endpoints = draw(st.lists(addresses(rule.family), min_size=1, max_size=3, unique=True))
+            rule = rule._replace(to_destination=tuple(Endpoint(address, 8080 if with_ports else None) for address in endpoints))
+        elif edit == "mark":
+            rule = rule._replace(mark=draw(st.none() | marks), mark_negate=False)
+        elif edit == "redraw":
+            rule = draw(nat_rules(rule.name))
+        second.append(rule)
+    return first, second
+
+
+def _plan_view(plan):
+    return skeleton(plan), dict((name, (content(placement.entry),) + tuple(placement[1:])) for name, placement in plan.placements.items())
+
+
+@settings(max_examples=200, deadline=None)
+@given(edited_in_place())
+def test_a_plan_with_replaced_entries_is_the_plan_built_from_them(rulesets_pair):
+    first, second = rulesets_pair
+    current = entries_of(first)
+    known = dict((entry.name, entry) for entry in current)
+    # The engine keeps an unchanged entry as the very object it recorded.
+    desired = normalize([known[entry.name] if content(entry) == content(known[entry.name]) else entry for entry in entries_of(second)])
+    for family in FAMILIES:
+        family_current = [entry for entry in current if entry.family == family]
+        family_desired = [entry for entry in desired if entry.family == family]
+        if not family_desired or [entry.name for entry in family_current] != [entry.name for entry in family_desired]:
+            continue
+        derived = plan_with_replaced(table_plan(family, family_desired),
+                                     [(old, new) for old, new in zip(family_current, family_desired) if old is not new])
+        if derived is not None:
+            assert _plan_view(derived) == _plan_view(table_plan(family, family_current))
+
+
+def test_endpoints_edited_in_place_derive_the_current_plan_with_its_own_data_maps():
+    current = entries_of([_keyed("svc-%d" % index, 30000 + index, "10.244.1.%d:80" % index) for index in range(8)])
+    edited = rule_from_params(dict(name="svc-3", type="dnat", destination_type="local", protocol="tcp", destination_ports=[30003],
+                                   to_destination=["10.244.2.3:80", "10.244.3.3:80"]), 0)
+    desired = [BACKEND.entry(edited) if entry.name == "svc-3" else entry for entry in current]
+    desired_plan = table_plan("ipv4", desired)
+    derived = plan_with_replaced(desired_plan, [(current[3], desired[3])])
+    assert _plan_view(derived) == _plan_view(table_plan("ipv4", current))
+    # Two endpoints need a data map of their own, which the current table does not have: no element delta.
+    assert skeleton(derived) != skeleton(desired_plan)
+    # A replaced entry that moves to another key is no replacement in place.
+    moved = BACKEND.entry(_keyed("svc-3", 31003, "10.244.1.3:80"))
+    assert plan_with_replaced(table_plan("ipv4", current[:3] + [moved] + current[4:]), [(current[3], moved)]) is None
 
 
 def test_delta_touches_elements_only_and_ends_like_a_full_replace():
