@@ -51,7 +51,7 @@ LATENCY_SIZES = _numbers("NODENET_BENCH_LATENCY_SIZES", "10,1000,10000,30000")
 BACKENDS = os.environ.get("NODENET_BENCH_BACKENDS", "nft,iptables,iptables-legacy").split(",")
 STEPS = ("first run", "no-op", "one changed", "one removed")
 BUILTIN_RULES = 100
-CONNECTIONS = 400
+CONNECTIONS = 2000
 NODE_PORT = 10000
 ENV = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS, PYTHONPATH=COLLECTIONS, ANSIBLE_NOCOLOR="1",
            ANSIBLE_LOCALHOST_WARNING="false", ANSIBLE_INVENTORY_UNPARSED_WARNING="false",
@@ -155,10 +155,10 @@ def ansible_seconds(namespace, workdir, task, variables):
 
 
 def module_run(namespace, workdir, params):
-    """(result, seconds, peak RSS MiB) of the module file run directly on ``params``."""
+    """(result, seconds, peak RSS MiB) of the module file run directly on ``params``, ``config`` as JSON text (as the tasks pass it)."""
     path = os.path.join(workdir, "args.json")
     with open(path, "w") as handle:
-        json.dump({"ANSIBLE_MODULE_ARGS": params}, handle)
+        json.dump({"ANSIBLE_MODULE_ARGS": dict(params, config=json.dumps(params["config"]))}, handle)
     timing = os.path.join(workdir, "time.txt")
     output = namespace.run(["/usr/bin/time", "-o", timing, "-f", "%e %M", sys.executable, MODULE, path], check=False)
     try:
