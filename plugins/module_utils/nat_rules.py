@@ -252,9 +252,13 @@ class _Change(object):
         self.current = current
         self.desired = desired
         self.drift = list(host.facts.get("unrecognized", []))
+        # By name, in ruleset order: the entries only desired, only current, and in both with other content.
+        if len(current) == len(desired) and all(old.name == new.name for old, new in zip(current, desired)):
+            self.added, self.removed = [], []
+            self.modified = [(old, new) for old, new in zip(current, desired) if _differ(old, new)]
+            return
         before = dict((entry.name, entry) for entry in self.current)
         after = dict((entry.name, entry) for entry in self.desired)
-        # By name, in ruleset order: the entries only desired, only current, and in both with other content.
         self.added = [entry for entry in self.desired if entry.name not in before]
         self.removed = [entry for entry in self.current if entry.name not in after]
         self.modified = [(before[entry.name], entry) for entry in self.desired if entry.name in before and _differ(before[entry.name], entry)]
