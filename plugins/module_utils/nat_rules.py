@@ -120,7 +120,10 @@ def config_items(config):
     if config is None:
         return []
     if not isinstance(config, list):
-        raise RuleError("config: %r is not a list of rules" % (config,))
+        shown = repr(config)
+        if len(shown) > 200:
+            shown = "%s... (%d characters)" % (shown[:200], len(shown))
+        raise RuleError("config: %s is not a list of rules" % shown)
     return config
 
 

@@ -17,7 +17,7 @@ import itertools
 import shlex
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.lines import (
-    BUILTIN_CHAINS, CHAIN_PREFIX, HOOK_OF_CHAIN, MARKER_PREFIX, OWNED_CHAINS, TARGETS, Line, jump_tokens, rule_lines,
+    BUILTIN_CHAINS, CHAIN_PREFIX, HOOK_OF_CHAIN, MARKER_PREFIX, OWNED_CHAINS, SEGMENT_PREFIXES, TARGETS, Line, jump_tokens, rule_lines,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     CHAINS, FULL_MARK, Endpoint, Mark, PortRange, address_families, make_rule, parse_address, parse_network,
@@ -105,23 +105,36 @@ def _comment(spec):
 
 def parse_owned(family, owned):
     """(rules, drift) of one family's OwnedObjects; drift lists what render would rewrite."""
-    rules, drift = [], []
-    drift.extend("%s %s: chain this collection does not use" % (family, chain) for chain in owned.chains
-                 if chain not in HOOK_OF_CHAIN and not chain.startswith(MARKER_PREFIX))
+    rules, drift, used = [], [], set()
     for chain in [OWNED_CHAINS[hook] for hook in CHAINS if OWNED_CHAINS[hook] in owned.chains]:
         hook = HOOK_OF_CHAIN[chain]
         where = "%s %s" % (family, chain)
-        chain_rules = _parse_chain(family, hook, owned.lines.get(chain, []), where, drift)
+        chain_rules = _parse_chain(family, hook, _segments_expanded(hook, owned, used), where, drift)
         if not chain_rules:
             drift.append("%s: owned chain without rules" % where)
         found = [tokens for dummy, tokens in owned.jumps.get(BUILTIN_CHAINS[hook], [])]
         if found != [jump_tokens(hook)]:
             drift.append("%s: expected one jump rule from %s, found %d" % (where, BUILTIN_CHAINS[hook], len(found)))
         rules.extend(chain_rules)
+    drift[:0] = ["%s %s: chain this collection does not use" % (family, chain) for chain in owned.chains
+                 if chain not in HOOK_OF_CHAIN and chain not in used and not chain.startswith(MARKER_PREFIX)]
     for builtin in sorted(owned.jumps):
         if CHAIN_PREFIX + builtin not in owned.chains:
             drift.append("%s %s: jump rule to a chain this collection does not keep there" % (family, builtin))
     return rules, drift
+
+
+def _segments_expanded(hook, owned, used):
+    """The lines of a hook chain with each jump to one of its segments replaced by the segment's lines (once)."""
+    specs = []
+    for spec in owned.lines.get(OWNED_CHAINS[hook], []):
+        target = spec[len("-j "):] if spec.startswith("-j " + SEGMENT_PREFIXES[hook]) else None
+        if target is None or target in used or target not in owned.chains:
+            specs.append(spec)
+        else:
+            used.add(target)
+            specs.extend(owned.lines.get(target, []))
+    return specs
 
 
 def _parse_chain(family, hook, specs, where, drift):

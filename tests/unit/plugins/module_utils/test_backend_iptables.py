@@ -9,12 +9,13 @@ import os
 import shlex
 import shutil
 import subprocess
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState, content
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import IptablesBackend, UnsupportedRule
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import IptablesBackend, UnsupportedRule, lines as iptables_lines
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     CHAINS_BY_TYPE, CT_STATES, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS, Endpoint, Mark, PortRange,
     RuleError, make_rule, normalize_ct_states, normalize_networks, normalize_port_ranges,
@@ -419,21 +420,84 @@ def changed_rule_lists(draw):
     return first, second + [draw(nat_rules("added-%d" % index)) for index in range(draw(st.integers(0, 2)))]
 
 
+def segments_from(threshold, spacing=2):
+    """Segments for hook chains of more than ``threshold`` lines, about one rule in ``spacing`` ending one."""
+    return mock.patch.multiple(iptables_lines, SEGMENT_THRESHOLD=threshold, SEGMENT_SPACING=spacing)
+
+
 @netns
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(pair=changed_rule_lists(), variant=st.sampled_from(VARIANTS))
-def test_generated_rules_round_trip_and_change_through_the_kernel(pair, variant, tmp_path):
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(pair=changed_rule_lists(), variant=st.sampled_from(VARIANTS), threshold=st.sampled_from([2048, 3, 0]))
+def test_generated_rules_round_trip_and_change_through_the_kernel(pair, variant, threshold, tmp_path):
     first, second = pair
     backend = IptablesBackend(variant)
     lab = Netns(backend, tmp_path)
-    outputs, steps = lab.apply(first)
-    state = backend.parse(outputs)
-    assert contents(state.entries) == contents(entries(backend, first))
-    assert state.facts["unrecognized"] == []
-    outputs, dummy = lab.apply(second, steps)
-    state = backend.parse(outputs)
-    assert contents(state.entries) == contents(entries(backend, second))
-    assert state.facts["unrecognized"] == []
+    with segments_from(threshold):
+        outputs, steps = lab.apply(first)
+        state = backend.parse(outputs)
+        assert contents(state.entries) == contents(entries(backend, first))
+        assert state.facts["unrecognized"] == []
+        outputs, dummy = lab.apply(second, steps)
+        state = backend.parse(outputs)
+        assert contents(state.entries) == contents(entries(backend, second))
+        assert state.facts["unrecognized"] == []
+
+
+def _services(count, port=8080, chain="prerouting"):
+    return [make_rule(name="svc-%d" % index, type="dnat", chain=chain, family="ipv4", protocol="tcp",
+                      destination_ports=(PortRange(10000 + index, 10000 + index),), destination_type="local",
+                      to_destination=(Endpoint(addr("10.244.0.%d" % index), port),)) for index in range(count)]
+
+
+def _segments(text):
+    return sorted(set(word for word in text.split() if word.startswith("NODENET-PRE-")))
+
+
+@netns
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_long_chain_is_segmented_and_a_change_refills_only_its_segment(variant, tmp_path):
+    backend = IptablesBackend(variant)
+    lab = Netns(backend, tmp_path)
+    exempt = make_rule(name="exempt", type="return", chain="prerouting", family="ipv4", source=(net("10.99.0.0/16"),))
+    before = _services(20) + [exempt] + _services(40)[20:]
+    with segments_from(10, spacing=4):
+        outputs, steps = lab.apply(before)
+        listing = outputs["ipv4"]
+        segments = _segments(listing)
+        assert len(segments) >= 4
+        # The hook chain holds the jumps in order and the return rule itself, which leaves the owned rules from there.
+        hook_lines = [line for line in listing.splitlines() if line.startswith("-A NODENET-PREROUTING ")]
+        assert any('"exempt"' in line or "exempt" in line.split() for line in hook_lines)
+        assert all(" -j NODENET-PRE-" in line or "exempt" in line for line in hook_lines)
+        state = backend.parse(outputs)
+        assert contents(state.entries) == contents(entries(backend, before)) and not state.facts["unrecognized"]
+
+        after = [_services(40, port=9090)[index] if index == 33 else rule for index, rule in enumerate(_services(40))]
+        after = after[:20] + [exempt] + after[20:]
+        [transaction] = backend.render(entries(backend, after), state, "token")
+        declared = [line for line in transaction.text.splitlines() if line.startswith(":")]
+        assert len(declared) == 1 and declared[0][1:].split()[0] in segments
+        assert "NODENET-PREROUTING" not in transaction.text
+        outputs, steps = lab.apply(after, steps)
+        state = backend.parse(outputs)
+        assert contents(state.entries) == contents(entries(backend, after)) and not state.facts["unrecognized"]
+        assert _segments(outputs["ipv4"]) == segments
+
+        # Back below the threshold: the hook chain holds the rules again and the segments go.
+        outputs, dummy = lab.apply(_services(3), steps)
+        assert _segments(outputs["ipv4"]) == []
+        assert contents(backend.parse(outputs).entries) == contents(entries(backend, _services(3)))
+
+
+def test_segments_keep_their_bounds_when_rules_elsewhere_come_and_go():
+    backend = IptablesBackend("nft")
+    with segments_from(10, spacing=4):
+        layout = iptables_lines.hook_layout("prerouting", entries(backend, _services(200)))
+        fewer = iptables_lines.hook_layout("prerouting", entries(backend, _services(200)[:50] + _services(200)[51:]))
+    assert all(segment is not None and len(part) <= iptables_lines.SEGMENT_MAX for segment, part in layout)
+    changed = set(segment for segment, part in layout) ^ set(segment for segment, part in fewer)
+    # Only the segment that held svc-50 changes (and its name, when svc-50 was its first rule).
+    assert len(changed) <= 2
 
 
 @netns

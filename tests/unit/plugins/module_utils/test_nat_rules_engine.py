@@ -17,11 +17,11 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import (
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import IptablesBackend
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import NftBackend
-from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES
+from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES, RuleError
 from ansible_collections.nodenet.nat.plugins.module_utils.model.dicts import rule_to_params
 from ansible_collections.nodenet.nat.plugins.module_utils.model.params import rule_from_params, rules_from_config
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import (
-    NatRulesError, NatRulesRun, canonical_order, config_entries, desired_entries, merge_params, offline_backend, run_nat_rules,
+    NatRulesError, NatRulesRun, canonical_order, config_entries, config_items, desired_entries, merge_params, offline_backend, run_nat_rules,
     running_config_family,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordStore
@@ -667,3 +667,15 @@ def test_two_runs_at_once_take_turns_and_leave_one_whole_ruleset(namespace_runne
     assert [entry.name for entry in host.entries] in ([rule["name"] for rule in configs[0]], [rule["name"] for rule in configs[1]])
     assert host.facts["unrecognized"] == []
     assert results[0]["changed"] and results[1]["changed"]
+
+
+def test_config_as_json_text_and_its_errors():
+    assert config_items('[{"name": "egress"}]') == [{"name": "egress"}]
+    assert config_items("  ") == [] and config_items(None) == []
+    with pytest.raises(RuleError, match=r"^config: is neither a list of rules nor the JSON text of one"):
+        config_items("[{")
+    # A big value is named by its start and size, not repeated whole.
+    with pytest.raises(RuleError) as caught:
+        config_items(json.dumps({"rules": ["svc-%d" % index for index in range(10000)]}))
+    assert str(caught.value).startswith("config: {'rules': ['svc-0'") and str(caught.value).endswith("characters) is not a list of rules")
+    assert len(str(caught.value)) < 300
