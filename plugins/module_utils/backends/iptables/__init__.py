@@ -171,7 +171,8 @@ class IptablesBackend(NatBackend):
             marker_token = token if self.nft else None
             if not current.facts.get("unrecognized"):
                 markers = [chain for chain in facts["chains"] if chain.startswith(MARKER_PREFIX)]
-                text = delta_script([entry for entry in current.entries if entry.family == family], wanted, markers, marker_token)
+                text = delta_script([entry for entry in current.entries if entry.family == family], wanted, markers, marker_token,
+                                    facts["chains"])
             if text is None:
                 text = full_script(wanted, facts, marker_token)
             if text:

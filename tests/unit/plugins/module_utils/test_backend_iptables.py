@@ -553,3 +553,23 @@ def test_a_nat_table_with_foreign_rules_stays(tmp_path):
     outputs, steps = lab.apply(RECORDED_V4, foreign)
     outputs, steps = lab.apply([], steps)
     assert _rule_lines(outputs["ipv4"]) == FOREIGN_V4
+
+
+@netns
+def test_segments_laid_out_otherwise_than_this_version_would_are_rewritten_whole(tmp_path):
+    """Segments the host holds but this layout would not make (another version wrote them) are not edited in place."""
+    backend = IptablesBackend("nft")
+    lab = Netns(backend, tmp_path)
+    with segments_from(10, spacing=4):
+        outputs, steps = lab.apply(_services(40))
+    with segments_from(10, spacing=5):
+        state = backend.parse(outputs)
+        assert not state.facts["unrecognized"]
+        after = _services(39)
+        [transaction] = backend.render(entries(backend, after), state, "token")
+        assert ":NODENET-PREROUTING - [0:0]" in transaction.text      # the full rewrite
+        outputs, dummy = lab.apply(after, steps)
+        state = backend.parse(outputs)
+        assert contents(state.entries) == contents(entries(backend, after)) and not state.facts["unrecognized"]
+        assert set(_segments(outputs["ipv4"])) == set(segment for segment, part in iptables_lines.hook_layout(
+            "prerouting", entries(backend, after)))
