@@ -217,6 +217,18 @@ def script_lines(transactions):
     return [line for transaction in transactions for line in transaction.text.splitlines()]
 
 
+# With result_rules=summary, longer scripts are counted, not listed (ansible scrubs and ships every line of a result).
+COMMANDS_LISTED = 1000
+
+
+def listed_commands(transactions, result_rules):
+    """``commands`` (and ``commands_omitted`` when a long script is not listed) of the result."""
+    lines = script_lines(transactions)
+    if result_rules in (None, "summary") and len(lines) > COMMANDS_LISTED:
+        return dict(commands=[], commands_omitted=len(lines))
+    return dict(commands=lines)
+
+
 def describe_transactions(transactions):
     return [dict(families=list(transaction.families), argv=list(transaction.apply_argv), lines=transaction.text.count("\n"))
             for transaction in transactions]
@@ -410,7 +422,8 @@ class NatRulesRun(object):
         """Validate (check mode) or apply the change's transactions, then record the new state."""
         token = new_token()
         transactions = backend.render(change.desired, change.host, token)
-        result.update(changed=True, commands=script_lines(transactions), transactions=describe_transactions(transactions))
+        result.update(changed=True, transactions=describe_transactions(transactions),
+                      **listed_commands(transactions, self.params.get("result_rules")))
         try:
             if self.check_mode or len(transactions) > 1:
                 # Several transactions (iptables: one per family) all validate before any applies.

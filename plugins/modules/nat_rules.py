@@ -430,11 +430,20 @@ after:
       destination_ports: [30080]
       to_destination: [10.244.1.10:8080, 10.244.2.11:8080]
 commands:
-  description: The lines of the scripts applied (in check mode, that would be applied), all families in order; empty when nothing changed.
+  description:
+    - The lines of the scripts applied (in check mode, that would be applied), all families in order; empty when nothing
+      changed.
+    - With O(result_rules=summary) (the default), scripts of more than 1000 lines in all are not listed (a first run over
+      thousands of rules): RV(commands) is empty and RV(commands_omitted) gives their number; V(changed) and V(all) list them.
   returned: when O(state) is merged, replaced, overridden or deleted
   type: list
   elements: str
   sample: ["*nat", ":NODENET-POSTROUTING - [0:0]", "-A NODENET-POSTROUTING -s 10.244.0.0/16 -m comment --comment pods-egress -j MASQUERADE", "COMMIT"]
+commands_omitted:
+  description: The number of script lines RV(commands) does not list (see there).
+  returned: when the scripts have more than 1000 lines and O(result_rules=summary)
+  type: int
+  sample: 20008
 summary:
   description:
     - How many owned rules (in O(scope)) there were before and after the task, the names of those it added, removed and

@@ -21,7 +21,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES,
 from ansible_collections.nodenet.nat.plugins.module_utils.model.dicts import rule_to_params
 from ansible_collections.nodenet.nat.plugins.module_utils.model.params import rule_from_params, rules_from_config
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import (
-    NatRulesError, NatRulesRun, canonical_order, config_entries, config_items, desired_entries, merge_params, offline_backend, run_nat_rules,
+    NatRulesError, NatRulesRun, canonical_order, config_entries, config_items, listed_commands, desired_entries, merge_params, offline_backend, run_nat_rules,
     running_config_family,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordStore
@@ -679,3 +679,11 @@ def test_config_as_json_text_and_its_errors():
         config_items(json.dumps({"rules": ["svc-%d" % index for index in range(10000)]}))
     assert str(caught.value).startswith("config: {'rules': ['svc-0'") and str(caught.value).endswith("characters) is not a list of rules")
     assert len(str(caught.value)) < 300
+
+
+def test_a_long_script_is_counted_not_listed_unless_the_rules_are_asked_for():
+    lines = "\n".join("line %d" % index for index in range(1500)) + "\n"
+    transactions = [Transaction(("ipv4",), lines, [], []), Transaction(("ipv6",), "one\n", [], [])]
+    assert listed_commands(transactions, "summary") == dict(commands=[], commands_omitted=1501)
+    assert len(listed_commands(transactions, "changed")["commands"]) == 1501
+    assert listed_commands(transactions[1:], "summary") == dict(commands=["one"])
