@@ -75,8 +75,9 @@ class NatBackend(object):
         raise NotImplementedError
 
     def entry(self, rule, given=None):
-        """The RuleEntry of ``rule``; ``given`` is the config item it was validated from."""
-        return RuleEntry(rule.name, rule.family, rule.chain, self.compile(rule), given, rule_to_params(rule))
+        """The RuleEntry of ``rule``; ``given`` is the config item it was validated from (which then stands for its
+        params, as in the run record: most entries of a big ruleset are never shown)."""
+        return RuleEntry(rule.name, rule.family, rule.chain, self.compile(rule), given, rule_to_params(rule) if given is None else None)
 
     def read(self, run_command, record=None, counters=False):
         """HostState of the owned objects, from read-only commands.

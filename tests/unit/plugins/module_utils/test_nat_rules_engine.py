@@ -67,7 +67,7 @@ class FakeBackend(NatBackend):
     def render(self, desired, current, token):
         transactions = []
         for family in FAMILIES:
-            family_rules = [entry.params for entry in desired if entry.family == family]
+            family_rules = [entry_params(entry) for entry in desired if entry.family == family]
             if family_rules or any(entry.family == family for entry in current.entries):
                 check = ["fake-check", "refuse"] if any(rule["name"] in self.refuse for rule in family_rules) else ["fake-check"]
                 transactions.append(Transaction((family,), json.dumps(family_rules) + "\n", check, ["fake-apply", family]))
