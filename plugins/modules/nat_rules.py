@@ -14,8 +14,9 @@ description:
   - "Owned objects: with nft, the tables C(ip nodenet_nat) and C(ip6 nodenet_nat); with iptables, the chains
     C(NODENET-PREROUTING), C(NODENET-INPUT), C(NODENET-OUTPUT), C(NODENET-POSTROUTING) of table C(nat) and one jump rule
     to each from its built-in chain (on iptables-nft also an empty marker chain C(NODENET-RUN-<token>), see the run record).
-    An owned chain of more than 2048 lines is split into segment chains C(NODENET-PRE-<digest>) (C(IN), C(OUT), C(POST)) that it
-    jumps to in order, so that a change rewrites only the segments it touches. Rules of other tools (kube-proxy, docker, firewalld, people) are never modified or removed."
+    An owned chain of more than 2048 lines is split into segment chains C(NODENET-PRE-<digest>) (C(IN), C(OUT), C(POST))
+    that it jumps to in order, so that a change rewrites only the segments it touches. Rules of other tools (kube-proxy,
+    docker, firewalld, people) are never modified or removed."
   - The rule name is the rule's identity and is written as its comment; the host's owned rules are read back and compared
     with the desired rules as normalized data, so a second run reports no change.
   - Every rule is validated first (a bad input fails naming the rule, the field and the value, before any command
@@ -433,8 +434,9 @@ commands:
   description:
     - The lines of the scripts applied (in check mode, that would be applied), all families in order; empty when nothing
       changed.
-    - With O(result_rules=summary) (the default), scripts of more than 1000 lines in all are not listed (a first run over
-      thousands of rules): RV(commands) is empty and RV(commands_omitted) gives their number; V(changed) and V(all) list them.
+    - With O(result_rules=summary) (the default), scripts of more than 1000 lines in all (a first run over thousands of
+      rules) are not listed; RV(commands) is then empty and RV(commands_omitted) gives their number. V(changed) and
+      V(all) list them.
   returned: when O(state) is merged, replaced, overridden or deleted
   type: list
   elements: str
