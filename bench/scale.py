@@ -90,6 +90,10 @@ class Namespace(object):
         self.holder.stdout.close()
         # The module's lock and run record of this namespace (files, not network state).
         shutil.rmtree(os.path.join(RECORD_ROOT, "netns-%d" % self.inode), ignore_errors=True)
+        try:
+            os.rmdir(RECORD_ROOT)       # when no other namespace's record is left in it
+        except OSError:
+            pass
 
 
 def services(count, moved=None):
