@@ -201,6 +201,17 @@ def segment_chain(hook, first_name):
     return SEGMENT_PREFIXES[hook] + hashlib.sha256(first_name.encode("utf-8")).hexdigest()[:12]
 
 
+def segment_jump(segment):
+    """The hook chain's line that jumps to ``segment``."""
+    return "-j " + segment
+
+
+def jumped_segment(hook, line):
+    """The segment chain of ``hook`` that ``line`` (of the hook chain) jumps to, or None: rule lines never start with ``-j``."""
+    jump = segment_jump(SEGMENT_PREFIXES[hook])
+    return line[len(segment_jump("")):] if line.startswith(jump) else None
+
+
 def chain_lines(entries):
     """{chain: [line text]} of one family's entries: the hook chains with rules, in hook order, then their segments."""
     by_hook = collections.OrderedDict()
@@ -214,7 +225,7 @@ def chain_lines(entries):
             if segment is None:
                 lines.extend(part_lines)
             else:
-                lines.append("-j %s" % segment)
+                lines.append(segment_jump(segment))
                 segments[segment] = part_lines
     hooks.update(segments)
     return hooks
@@ -295,9 +306,9 @@ def delta_script(current, desired, markers=(), token=None, owned_chains=None):
 
 
 def _segmented(chain, lines):
-    """Whether the hook chain ``chain`` holding ``lines`` jumps to segments (rule lines never start with ``-j``)."""
-    jump = "-j " + SEGMENT_PREFIXES[HOOK_OF_CHAIN[chain]]
-    return any(line.startswith(jump) for line in lines)
+    """Whether the hook chain ``chain`` holding ``lines`` jumps to segments."""
+    hook = HOOK_OF_CHAIN[chain]
+    return any(jumped_segment(hook, line) for line in lines)
 
 
 def _chain_delta(chain, old, new):

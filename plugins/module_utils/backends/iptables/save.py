@@ -17,7 +17,7 @@ import itertools
 import shlex
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.lines import (
-    BUILTIN_CHAINS, CHAIN_PREFIX, HOOK_OF_CHAIN, MARKER_PREFIX, OWNED_CHAINS, SEGMENT_PREFIXES, TARGETS, Line, jump_tokens, rule_lines,
+    BUILTIN_CHAINS, CHAIN_PREFIX, HOOK_OF_CHAIN, MARKER_PREFIX, OWNED_CHAINS, TARGETS, Line, jump_tokens, jumped_segment, rule_lines,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     CHAINS, FULL_MARK, Endpoint, Mark, PortRange, address_families, make_rule, parse_address, parse_network,
@@ -128,7 +128,7 @@ def _segments_expanded(hook, owned, used):
     """The lines of a hook chain with each jump to one of its segments replaced by the segment's lines (once)."""
     specs = []
     for spec in owned.lines.get(OWNED_CHAINS[hook], []):
-        target = spec[len("-j "):] if spec.startswith("-j " + SEGMENT_PREFIXES[hook]) else None
+        target = jumped_segment(hook, spec)
         if target is None or target in used or target not in owned.chains:
             specs.append(spec)
         else:
