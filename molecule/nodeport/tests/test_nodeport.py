@@ -48,7 +48,7 @@ def test_backend_reaches_its_own_service_through_the_hairpin_mark(node, probe):
 
 
 def test_client_on_the_node_itself_reaches_the_service(node, probe):
-    script = ("import socket\nfor _ in range(8):\n    s = socket.create_connection(('198.51.100.1', 30080), timeout=2)\n"
+    script = ("import socket\nfor _ in range(20):\n    s = socket.create_connection(('198.51.100.1', 30080), timeout=2)\n"
               "    print(s.recv(100).decode().strip())\n    s.close()")
     seen = answers(node.check_output("python3 -c %s", script).splitlines())
     assert {label for _source, label in seen} == {"pod-a", "pod-b"}
