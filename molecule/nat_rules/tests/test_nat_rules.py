@@ -269,7 +269,7 @@ def check_deleted(host):
     assert_foreign_rule_intact(host)
     # back to the converged state, so verify can run again
     assert converge(host)["changed"]
-    assert len(set(host.probe("client", "198.51.100.1", 30080, count=12))) == 2
+    assert len(set(host.probe("client", "198.51.100.1", 30080, count=20))) == 2
 
 
 def test_deleted_removes_only_what_it_names_and_never_the_foreign_rule(nodes):
