@@ -438,7 +438,7 @@ class NatRulesRun(object):
             error.result = result
             raise
         if not self.check_mode:
-            self.store.save(backend.name, backend.applied_stamp(self.run_command, token), change.desired)
+            self.store.save(backend.name, backend.applied_stamp(change.host, change.desired, transactions, token), change.desired)
         self._clear_stale_flows(change, result)
 
     def _roll_back(self, backend, change, partial):

@@ -98,7 +98,8 @@ def restore(backend, previous, run_command, store):
     one transaction with nft; with iptables one per family, all validated before any applies.
     """
     token = new_token()
-    transactions = backend.render(previous, backend.read(run_command), token)
+    current = backend.read(run_command)
+    transactions = backend.render(previous, current, token)
     report = dict(commands=script_lines(transactions), transactions=describe_transactions(transactions))
     steps = ([("check_argv", "validation")] if len(transactions) > 1 else []) + [("apply_argv", "applying")]
     for field, what in steps:
@@ -108,7 +109,7 @@ def restore(backend, previous, run_command, store):
             if rc != 0:
                 raise NatRulesError("%s of the previous %s ruleset failed (rc=%s) running %s: %s"
                                     % (what, " and ".join(transaction.families), rc, " ".join(argv), err.strip()))
-    store.save(backend.name, backend.applied_stamp(run_command, token), previous)
+    store.save(backend.name, backend.applied_stamp(current, previous, transactions, token), previous)
     after = canonical_order(backend.read(run_command).entries)
     report["verified"] = [content(entry) for entry in after] == [content(entry) for entry in previous]
     return report

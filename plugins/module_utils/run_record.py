@@ -7,11 +7,11 @@ One run at a time per host (network namespace): a run holds an exclusive ``flock
 same state and both apply.
 
 The record is what the last run that changed the owned rules left behind: its entries and the
-stamp it put on the host (nft: the token in the owned tables' marker chain; iptables: a digest of
-the owned lines as iptables-save prints them). A run whose host still carries that stamp takes
-the recorded entries instead of listing and parsing every owned rule, which is what makes a
-no-op or a one-rule change cheap at tens of thousands of rules. Anything else (no record, another
-stamp, an unreadable file, another format) falls back to reading the host in full.
+stamp it put on the host (the token of the marker chain in the owned tables, or per family on
+iptables). A run whose host still carries that stamp takes the recorded entries instead of
+listing and parsing every owned rule, which is what makes a no-op or a one-rule change cheap at
+tens of thousands of rules. Anything else (no record, another stamp, an unreadable file, another
+format) falls back to reading the host in full.
 
 The directory is under /run: it goes away at boot, as the kernel's rules do. It is per network
 namespace, so that runs against several namespaces of one machine (tests, containers sharing

@@ -25,8 +25,8 @@ description:
   - Built for tens of thousands of rules. With nft, same-shaped rules (NodePort-like, ClusterIP-like) become elements of
     shared verdict and data maps, so a packet meets one lookup whatever the number of services, and a change adds and
     deletes only the elements that differ. Rules unchanged since the last run are not validated or compiled again (the
-    run record under C(/run/nodenet-nat) remembers them while the host carries the record's stamp - on nft and iptables-nft
-    a marker chain named after the run that last changed the rules, on iptables-legacy a digest of the owned lines).
+    run record under C(/run/nodenet-nat) remembers them while the host carries the record's stamp, a marker chain named
+    after the run that last changed the rules).
   - One run at a time per host (network namespace) - a second run waits for a lock under C(/run/nodenet-nat), and reads
     the host after the first one is done.
   - With the iptables backends, each family is one transaction; when a family fails to apply after another one did

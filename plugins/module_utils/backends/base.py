@@ -109,6 +109,7 @@ class NatBackend(object):
         """
         raise NotImplementedError
 
-    def applied_stamp(self, run_command, token):
-        """The stamp of the host after this run's transactions applied (for the run record)."""
+    def applied_stamp(self, current, desired, transactions, token):
+        """The stamp of the host once ``transactions`` (rendered from ``current`` to ``desired`` with ``token``)
+        applied, for the run record: known from what they write, without reading the host again."""
         raise NotImplementedError

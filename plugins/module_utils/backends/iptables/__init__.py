@@ -5,30 +5,34 @@
 lines.py writes rules as lines and restore scripts, save.py reads ``iptables-save -t nat``. One
 ``iptables-restore --noflush`` per family applies a change.
 
-The run record's stamp says whether the owned objects are still those the last run left:
+The run record's stamp says whether the owned objects are still those the last run left: every
+change also replaces the family's empty marker chain ``NODENET-RUN-<token>``, and the stamp is each
+family's marker. Checking it lists no rule, and the kernel's listing of tens of thousands of rules is
+what a run must not pay for a no-op or a one-rule change (iptables-nft-save: about 17 s for 100 000
+rules, the kernel walking its rules; iptables-legacy-save and the parse of its text: about 0.6 s):
 
-- iptables-legacy: the digest of the owned lines as iptables-save prints them (the kernel hands the
-  whole table over at once, cheaply), so any edit of the owned objects changes it.
-- iptables-nft (with the nft binary at hand): every change also replaces the family's empty marker
-  chain ``NODENET-RUN-<token>``; the stamp is each family's marker. iptables-nft's chains are nft
-  chains, listed by ``nft -j list chains`` in milliseconds, while the kernel's listing of their rules
-  grows with the square of their number (about 17 s for 100 000 rules, for iptables-nft-save and
-  nft alike). The trust this takes is the nft backend's: a hand edit of the owned rules that leaves
-  the marker is not seen by nat_rules until a change fails to apply or a full read runs (``state:
-  gathered``, nat_info). A run from the record knows the owned chains (listed) and trusts its jumps;
-  only removing a family's last rule, which needs to know whether other tools use the nat table,
-  reads it in full first (``needs_full_read``).
+- with the nft binary (iptables-nft's chains are nft chains), ``nft -j list chains`` lists every
+  chain of both families in milliseconds;
+- otherwise (iptables-legacy, or iptables-nft without nft) ``iptables -S NODENET-RUN-<token>`` looks
+  up each recorded marker: legacy hands the table over in one piece (0.2 s at 100 000 rules) and
+  the command prints one chain; the owned chains are then those the recorded entries make.
+
+The trust this takes is the nft backend's: a hand edit of the owned rules that leaves the marker is
+not seen by nat_rules until a change fails to apply (lines go by their text, so a changed line that
+is not there fails) or a full read runs (``state: gathered``, nat_info). A run from the record trusts
+its jumps too; only removing a family's last rule on iptables-nft, which needs to know whether other
+tools use the nat table (it goes with the last rule when nothing else is in it), reads it in full
+first (``needs_full_read``).
 """
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
-
-import hashlib
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import (
     HostState, NatBackend, Transaction, run_listing,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.lines import (
-    BUILTIN_CHAINS, CHAIN_PREFIX, MARKER_PREFIX, UnsupportedRule, compile_rule, delta_script, full_script, jump_tokens,
+    BUILTIN_CHAINS, CHAIN_PREFIX, MARKER_PREFIX, UnsupportedRule, chain_lines, compile_rule, delta_script, full_script, jump_tokens,
+    marker_chain,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.save import owned_objects, parse_owned, rule_counters
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import LIST_CHAINS_ARGV, listed_chains
@@ -44,10 +48,6 @@ NOTHING_OWNED = {"chains": [], "jumps": {}, "others": None}
 __all__ = ["IptablesBackend", "UnsupportedRule", "CHAIN_PREFIX", "VARIANTS", "VARIANT_OF_BACKEND", "TOOL_PREFIXES"]
 
 
-def _stamp(digests):
-    return hashlib.sha256(" ".join(digests[family] for family in FAMILIES).encode("ascii")).hexdigest()
-
-
 def marker_stamp(chains):
     """The stamp of {family: [chain names in table nat]}: each family's marker token, or None when a family with
     owned chains does not have exactly one marker."""
@@ -59,6 +59,15 @@ def marker_stamp(chains):
             return None
         parts.append("%s=%s" % (family, "".join(markers)))
     return " ".join(parts)
+
+
+def stamp_markers(stamp):
+    """{family: marker token, '' for a family without owned chains} of a marker stamp, or None for another stamp."""
+    try:
+        markers = dict(part.split("=", 1) for part in stamp.split(" "))
+    except (AttributeError, ValueError):
+        return None
+    return markers if sorted(markers) == sorted(FAMILIES) else None
 
 
 class IptablesBackend(NatBackend):
@@ -96,26 +105,33 @@ class IptablesBackend(NatBackend):
             state = self._parsed(owned)
             state.facts["counters"] = dict(item for family in FAMILIES for item in rule_counters(owned[family]).items())
             return state
-        if record is not None and self.nft:
-            chains = self._listed_chains(run_command)
-            stamp = marker_stamp(chains)
-            if stamp is not None and record.stamp == stamp:
-                return HostState(list(record.entries), self._recorded_facts(record.entries, chains, stamp))
+        if record is not None:
+            chains = self._marked_chains(run_command, record)
+            if chains is not None:
+                return HostState(list(record.entries), self._recorded_facts(record.entries, chains, record.stamp))
         owned = self._owned(run_command)
-        if self.nft:
-            stamp = marker_stamp(dict((family, objects.chains) for family, objects in owned.items()))
-        else:
-            stamp = _stamp(dict((family, objects.digest) for family, objects in owned.items()))
-        facts = dict((family, {"chains": objects.chains, "jumps": objects.jumps, "others": objects.others}) for family, objects in owned.items())
-        facts.update(stamp=stamp, unrecognized=[])
-        if record is not None and record.stamp == stamp:
-            return HostState(list(record.entries), dict(facts, from_record=True))
         state = self._parsed(owned)
-        state.facts["stamp"] = stamp
+        state.facts["stamp"] = marker_stamp(dict((family, objects.chains) for family, objects in owned.items()))
         return state
 
-    def _listed_chains(self, run_command):
-        return listed_chains(run_listing(run_command, [self.nft] + LIST_CHAINS_ARGV[1:], "nft chains"), "nat")
+    def _marked_chains(self, run_command, record):
+        """{family: owned chains} when the host carries ``record``'s stamp, else None."""
+        if self.nft:
+            chains = listed_chains(run_listing(run_command, [self.nft] + LIST_CHAINS_ARGV[1:], "nft chains"), "nat")
+            return chains if marker_stamp(chains) == record.stamp else None
+        markers = stamp_markers(record.stamp)
+        if markers is None:
+            return None
+        chains = {}
+        for family, token in markers.items():
+            if token:
+                save = self.binaries[family][0]
+                # The plain tool sits next to its save tool (iptables-legacy-save, iptables-legacy).
+                rc, dummy, dummy = run_command([save[:-len("-save")], "-w", "-t", "nat", "-S", marker_chain(token)])
+                if rc != 0:
+                    return None
+                chains[family] = list(chain_lines([entry for entry in record.entries if entry.family == family])) + [marker_chain(token)]
+        return chains
 
     @staticmethod
     def _recorded_facts(entries, chains, stamp):
@@ -131,7 +147,7 @@ class IptablesBackend(NatBackend):
 
     def needs_full_read(self, desired, current):
         # Whether the table iptables-nft made goes with a family's last rule depends on other tools' rules in it.
-        return bool(current.facts.get("from_record")) and any(
+        return self.nft is not None and bool(current.facts.get("from_record")) and any(
             current.facts[family]["chains"] and not any(entry.family == family for entry in desired) for family in FAMILIES)
 
     def parse(self, outputs):
@@ -168,19 +184,24 @@ class IptablesBackend(NatBackend):
                 transactions.append(Transaction((family,), text, [self.nft, "-c", "-f", "-"], [self.nft, "-f", "-"]))
                 continue
             text = None
-            marker_token = token if self.nft else None
             if not current.facts.get("unrecognized"):
                 markers = [chain for chain in facts["chains"] if chain.startswith(MARKER_PREFIX)]
-                text = delta_script([entry for entry in current.entries if entry.family == family], wanted, markers, marker_token,
+                text = delta_script([entry for entry in current.entries if entry.family == family], wanted, markers, token,
                                     facts["chains"])
             if text is None:
-                text = full_script(wanted, facts, marker_token)
+                text = full_script(wanted, facts, token)
             if text:
                 restore = self.binaries[family][1]
                 transactions.append(Transaction((family,), text, [restore, "-w", "--test", "--noflush"], [restore, "-w", "--noflush"]))
         return transactions
 
-    def applied_stamp(self, run_command, token):
-        if self.nft:
-            return marker_stamp(self._listed_chains(run_command))
-        return _stamp(dict((family, objects.digest) for family, objects in self._owned(run_command).items()))
+    def applied_stamp(self, current, desired, transactions, token):
+        # A family that changed holds this run's marker when it keeps rules, nothing owned otherwise.
+        changed = set(family for transaction in transactions for family in transaction.families)
+        chains = {}
+        for family in FAMILIES:
+            if family not in changed:
+                chains[family] = current.facts.get(family, NOTHING_OWNED)["chains"]
+            else:
+                chains[family] = [marker_chain(token)] if any(entry.family == family for entry in desired) else []
+        return marker_stamp(chains)

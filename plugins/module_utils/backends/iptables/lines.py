@@ -300,8 +300,9 @@ def delta_script(current, desired, markers=(), token=None, owned_chains=None):
     gone = [chain for chain in current_lines if chain not in desired_lines]
     if not script and not gone:
         return ""
-    declared += gone + ([marker_chain(token)] if token else [])
-    script += ["-X %s" % chain for chain in gone + (list(markers) if token else [])]
+    marker = [marker_chain(token)] if token else []
+    declared += gone + marker
+    script += ["-X %s" % chain for chain in gone + ([chain for chain in markers if chain not in marker] if token else [])]
     return "*nat\n%s\nCOMMIT\n" % "\n".join([":%s - [0:0]" % chain for chain in declared] + script)
 
 

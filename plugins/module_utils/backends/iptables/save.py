@@ -3,16 +3,15 @@
 """How rules are read: ``iptables-save -t nat`` output -> owned lines -> NatRule list.
 
 Reading has two steps. ``owned_objects`` picks the owned chain declarations, the owned chains'
-lines and the jump rules to them out of the listing, a plain text scan; its digest identifies the
-owned state for the run record. ``parse_owned`` turns the owned lines into rules, merging
-consecutive lines with the same comment back into one rule, and reports as drift whatever is not
-in the shape lines.py writes (unknown lines, missing or extra jumps, chains without rules).
+lines and the jump rules to them out of the listing, a plain text scan. ``parse_owned`` turns the
+owned lines into rules, merging consecutive lines with the same comment back into one rule, and
+reports as drift whatever is not in the shape lines.py writes (unknown lines, missing or extra
+jumps, chains without rules).
 """
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import collections
-import hashlib
 import itertools
 import shlex
 
@@ -27,10 +26,9 @@ PROBABILITY_TOLERANCE = 1e-6  # the kernel keeps probability as a 31-bit fractio
 _RULE_TYPES = dict((target, rule_type) for rule_type, target in TARGETS.items())
 
 # The owned part of one family's listing: declared owned chains, {chain: [spec]} of their lines,
-# {builtin chain: [(spec, tokens)]} of jumps to owned chains, a digest of all of it,
-# {chain: [(packets, bytes)]} of the lines when the listing has counters (iptables-save -c), and
-# ``others``: how many rules, chains and non-ACCEPT policies of other tools the nat table holds.
-OwnedObjects = collections.namedtuple("OwnedObjects", ["chains", "lines", "jumps", "digest", "counters", "others"])
+# {builtin chain: [(spec, tokens)]} of jumps to owned chains, {chain: [(packets, bytes)]} of the
+# lines when the listing has counters (iptables-save -c), and ``others``: how many rules, chains and non-ACCEPT policies of other tools the nat table holds.
+OwnedObjects = collections.namedtuple("OwnedObjects", ["chains", "lines", "jumps", "counters", "others"])
 
 
 class _Unparsable(ValueError):
@@ -44,7 +42,7 @@ def tokens_of(spec):
 
 def owned_objects(text):
     """OwnedObjects of one family's ``iptables-save -t nat`` output (a text scan, no rule parsing)."""
-    chains, lines, jumps, owned, counters = [], collections.OrderedDict(), {}, [], {}
+    chains, lines, jumps, counters = [], collections.OrderedDict(), {}, {}
     others = 0
     in_nat = False
     for raw in text.splitlines():
@@ -61,7 +59,6 @@ def owned_objects(text):
             continue
         elif line.startswith(":" + CHAIN_PREFIX):
             chains.append(line[1:].split()[0])
-            owned.append(line)
         elif line.startswith(":"):
             name, policy = (line[1:].split() + ["", ""])[:2]
             others += name not in BUILTIN_CHAINS.values() or policy != "ACCEPT"
@@ -70,19 +67,16 @@ def owned_objects(text):
             if chain.startswith(CHAIN_PREFIX):
                 lines.setdefault(chain, []).append(spec)
                 counters.setdefault(chain, []).append(counter)
-                owned.append(line)
             elif chain in BUILTIN_CHAINS.values() and CHAIN_PREFIX in spec:
                 tokens = tokens_of(spec)
                 target = tokens[tokens.index("-j") + 1] if "-j" in tokens[:-1] else ""
                 if target.startswith(CHAIN_PREFIX):
                     jumps.setdefault(chain, []).append((spec, tokens))
-                    owned.append(line)
                     continue
                 others += 1
             else:
                 others += 1
-    digest = hashlib.sha256("\n".join(owned).encode("utf-8")).hexdigest()
-    return OwnedObjects(chains, lines, jumps, digest, counters, others)
+    return OwnedObjects(chains, lines, jumps, counters, others)
 
 
 def rule_counters(owned):

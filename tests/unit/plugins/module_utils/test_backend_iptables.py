@@ -141,6 +141,7 @@ def test_first_render_declares_chains_and_inserts_jumps_on_top():
     assert transaction.text == (
         "*nat\n"
         ":NODENET-POSTROUTING - [0:0]\n"
+        ":NODENET-RUN-token - [0:0]\n"
         "-I POSTROUTING 1 -m comment --comment nodenet-nat -j NODENET-POSTROUTING\n"
         '-A NODENET-POSTROUTING -s 10.244.0.0/16 ! -d 10.0.0.0/8 -m comment --comment "egress" -j MASQUERADE --random-fully\n'
         "COMMIT\n")
@@ -167,6 +168,7 @@ def test_render_against_recorded_state_edits_only_the_lines_that_differ():
     [transaction] = render(backend, changed, state)
     assert transaction.text == (
         "*nat\n"
+        ":NODENET-RUN-token - [0:0]\n"
         '-D NODENET-POSTROUTING -s 10.244.0.0/16 -o eth0 -m comment --comment "egress" -j MASQUERADE --random-fully\n'
         '-D NODENET-POSTROUTING -s 10.245.0.0/16 -o eth0 -m comment --comment "egress" -j MASQUERADE --random-fully\n'
         '-I NODENET-POSTROUTING 2 -s 10.244.0.0/16 -o eth0 -m comment --comment "egress" -j MASQUERADE\n'
@@ -190,6 +192,7 @@ def test_changes_apart_in_a_long_chain_touch_only_their_own_lines():
     [transaction] = render(backend, after, state)
     assert transaction.text.splitlines() == [
         "*nat",
+        ":NODENET-RUN-token - [0:0]",
         '-D NODENET-PREROUTING -p tcp -m tcp --dport 10100 -m addrtype --dst-type LOCAL -m comment --comment "svc-100" '
         "-j DNAT --to-destination 10.244.0.100:8080",
         '-I NODENET-PREROUTING 101 -p tcp -m tcp --dport 10100 -m addrtype --dst-type LOCAL -m comment --comment "svc-100" '
@@ -339,7 +342,7 @@ def test_render_repairs_drift_recorded_on_a_host(tmp_path):
     outputs, dummy = lab.apply(wanted, [(_restore_argv("nft"), fixture("drift-nft.ipv4.save"))])
     state = backend.parse(outputs)
     assert (contents(state.entries), state.facts["unrecognized"]) == (contents(entries(backend, wanted)), [])
-    assert state.facts["ipv4"]["chains"] == ["NODENET-POSTROUTING"]
+    assert state.facts["ipv4"]["chains"] == ["NODENET-POSTROUTING", "NODENET-RUN-token"]
 
 
 @netns
@@ -475,7 +478,7 @@ def test_a_long_chain_is_segmented_and_a_change_refills_only_its_segment(variant
         after = [_services(40, port=9090)[index] if index == 33 else rule for index, rule in enumerate(_services(40))]
         after = after[:20] + [exempt] + after[20:]
         [transaction] = backend.render(entries(backend, after), state, "token")
-        declared = [line for line in transaction.text.splitlines() if line.startswith(":")]
+        declared = [line for line in transaction.text.splitlines() if line.startswith(":NODENET-PRE-")]
         assert len(declared) == 1 and declared[0][1:].split()[0] in segments
         assert "NODENET-PREROUTING" not in transaction.text
         outputs, steps = lab.apply(after, steps)

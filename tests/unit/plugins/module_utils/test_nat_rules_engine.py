@@ -73,7 +73,7 @@ class FakeBackend(NatBackend):
                 transactions.append(Transaction((family,), json.dumps(family_rules) + "\n", check, ["fake-apply", family]))
         return transactions
 
-    def applied_stamp(self, run_command, token):
+    def applied_stamp(self, current, desired, transactions, token):
         return token
 
 
@@ -502,12 +502,28 @@ def _services(count, port=80):
                  to_destination=["10.244.1.%d:%d" % (index, port)]) for index in range(1, count + 1)]
 
 
-def test_iptables_nft_runs_from_the_record_list_chains_instead_of_rules(netns, store):
-    """A no-op and a one-rule change never list the owned rules (iptables-nft-save): the marker chain says the
-    host holds what the record holds, and the end state is what a full read finds."""
-    if not shutil.which("nft") or not shutil.which("iptables-nft-save"):
-        pytest.skip("needs nft and iptables-nft")
-    backend = _real_backend("iptables")
+# (backend, the command a run from the record runs besides the restore, the plain tool): iptables-nft lists its
+# chains with nft, or without the nft binary looks its marker up as legacy does.
+_RECORD_RUNS = {
+    "iptables": (lambda: _real_backend("iptables"), "nft", "iptables-nft"),
+    "iptables-without-nft": (lambda: IptablesBackend("nft"), "iptables-nft", "iptables-nft"),
+    "iptables-legacy": (lambda: _real_backend("iptables-legacy"), "iptables-legacy", "iptables-legacy"),
+}
+
+
+def _record_run_backend(case):
+    make, check, tool = _RECORD_RUNS[case]
+    tools = [check, tool, tool + "-save"]
+    if not all(shutil.which(name) for name in tools):
+        pytest.skip("needs %s" % ", ".join(tools))
+    return make(), check, tool
+
+
+@pytest.mark.parametrize("case", sorted(_RECORD_RUNS))
+def test_iptables_runs_from_the_record_list_no_rule(netns, store, case):
+    """A no-op and a one-rule change never list the owned rules (iptables-save): the marker chain says the
+    host holds what the record holds, nothing is read after the change, and the end state is what a full read finds."""
+    backend, check, tool = _record_run_backend(case)
     commands = []
 
     def runner(argv, data=None):
@@ -516,35 +532,39 @@ def test_iptables_nft_runs_from_the_record_list_chains_instead_of_rules(netns, s
 
     def converge(config):
         del commands[:]
-        return NatRulesRun(_params("overridden", config, backend="iptables"), FakeHost(runner), lambda requested: (backend, "test"),
+        return NatRulesRun(_params("overridden", config, backend=backend.name), FakeHost(runner), lambda requested: (backend, "test"),
                            offline_backend, store).run()
 
     first = converge(_services(3))
     assert first["changed"] and any(line.startswith(":NODENET-RUN-") for line in first["commands"])
-    assert not converge(_services(3))["changed"] and commands == ["nft"]
+    assert not converge(_services(3))["changed"] and commands == [check]
     changed = converge(_services(2) + _services(3, port=81)[2:])
-    assert changed["summary"]["changed"] == ["svc-3"] and "iptables-nft-save" not in commands
-    assert commands == ["nft", "iptables-nft-restore", "nft"]
-    assert [content(entry) for entry in backend.read(netns.run).entries] == [content(entry) for entry in store.load("iptables").entries]
-    # Removing the last rules needs to know whether other tools use the nat table: a full read, and the table goes.
-    assert converge([])["changed"] and "iptables-nft-save" in commands
-    rc, tables, err = netns.run(["nft", "list", "tables"])
-    assert (rc, tables) == (0, "")
+    assert changed["summary"]["changed"] == ["svc-3"] and commands == [check, tool + "-restore"]
+    assert [content(entry) for entry in backend.read(netns.run).entries] == [content(entry) for entry in store.load(backend.name).entries]
+    assert not converge(_services(2) + _services(3, port=81)[2:])["changed"] and commands == [check]
+    removed = converge([])
+    assert removed["changed"] and backend.read(netns.run).entries == []
+    if backend.nft:
+        # Removing the last rules needs to know whether other tools use the nat table: a full read, and the table goes.
+        assert tool + "-save" in commands
+        rc, tables, err = netns.run(["nft", "list", "tables"])
+        assert (rc, tables) == (0, "")
+    else:
+        assert commands == [check, tool + "-restore"]
 
 
-def test_iptables_nft_line_deleted_by_hand_behind_the_record_is_repaired_by_a_full_read(netns, store):
+@pytest.mark.parametrize("case", sorted(_RECORD_RUNS))
+def test_iptables_line_deleted_by_hand_behind_the_record_is_repaired_by_a_full_read(netns, store, case):
     """The marker stays when a line is deleted by hand; the next change deletes lines by their text, so the line
     that is gone fails it instead of deleting another, and the run reads the host in full and applies again."""
-    if not shutil.which("nft") or not shutil.which("iptables-nft-save"):
-        pytest.skip("needs nft and iptables-nft")
-    backend = _real_backend("iptables")
+    backend, dummy, tool = _record_run_backend(case)
 
     def converge(config):
-        return NatRulesRun(_params("overridden", config, backend="iptables"), FakeHost(netns.run), lambda requested: (backend, "test"),
+        return NatRulesRun(_params("overridden", config, backend=backend.name), FakeHost(netns.run), lambda requested: (backend, "test"),
                            offline_backend, store).run()
 
     converge(_services(3))
-    rc, dummy, err = netns.run(["iptables-nft", "-w", "-t", "nat", "-D", "NODENET-PREROUTING", "2"])
+    rc, dummy, err = netns.run([tool, "-w", "-t", "nat", "-D", "NODENET-PREROUTING", "2"])
     assert rc == 0, err
     result = converge(_services(1))
     assert result["changed"] is True
