@@ -371,20 +371,16 @@ class NatRulesRun(object):
         return result
 
     def _online(self, state, config):
-        try:
-            backend, reason = self.select_backend(self.params["backend"])
-        except BackendUnavailable as error:
-            raise NatRulesError(str(error))
-        result = dict(changed=False, backend=backend.name, backend_reason=reason)
         check_scope(config, self.scope)
         if state == "gathered":
+            backend, result, dummy = self._select()
             host = backend.read(self.run_command)
             result["gathered"] = [entry_params(entry) for entry in canonical_order(host.entries) if in_scope(entry, self.scope)]
             return result
-        result.update(commands=[], transactions=[])
         with self.store:
-            record = self.store.load(backend.name)
-            change = self._compute(backend, state, config, backend.read(self.run_command, record))
+            backend, result, host = self._select()
+            result.update(commands=[], transactions=[])
+            change = self._compute(backend, state, config, host if host is not None else self._recorded_or_read(backend))
             if change.needed and backend.needs_full_read(change.desired, change.host):
                 change = self._compute(backend, state, config, backend.read(self.run_command))
             if change.needed:
@@ -411,6 +407,48 @@ class NatRulesRun(object):
                 raise NatRulesError(str(error), result)
             result["changed"] = result["changed"] or bool(result["persisted"])
         return result
+
+    def _select(self):
+        """(backend, result with its name and why, HostState from its run record or None).
+
+        ``auto`` detection lists every table of both iptables variants, which costs seconds at tens of thousands of
+        rules; a backend whose run record the host still carries, with rules, holds this collection's rules, and when
+        it is the only one it is kept without that listing (detection keeps a backend that holds them, too).
+        """
+        requested = self.params["backend"]
+        recorded = self._recorded_backends() if requested == "auto" else []
+        if len(recorded) == 1:
+            [(backend, host)] = recorded
+            reason = "%s holds this collection's rules as its last run left them (run record); kept it" % backend.name
+        else:
+            try:
+                backend, reason = self.select_backend(requested)
+            except BackendUnavailable as error:
+                raise NatRulesError(str(error))
+            host = None
+        return backend, dict(changed=False, backend=backend.name, backend_reason=reason), host
+
+    def _recorded_backends(self):
+        """[(backend, HostState)] of the installed backends whose run record, with rules, the host still carries."""
+        recorded = []
+        for name in BACKEND_CHOICES:
+            record = self.store.load(name) if name != "auto" else None
+            if record is None or not record.entries:
+                continue
+            try:
+                backend, dummy = self.select_backend(name)
+            except BackendUnavailable:
+                continue
+            host = backend.recorded(self.run_command, record)
+            if host is not None:
+                recorded.append((backend, host))
+        return recorded
+
+    def _recorded_or_read(self, backend):
+        """HostState from the run record while the host carries its stamp, else from a full read."""
+        record = self.store.load(backend.name)
+        host = backend.recorded(self.run_command, record) if record is not None else None
+        return host if host is not None else backend.read(self.run_command)
 
     def _compute(self, backend, state, config, host):
         current = canonical_order(host.entries)

@@ -189,6 +189,9 @@ options:
         the legacy tools.
       - V(auto) picks the one in use on the host, as Kubernetes' iptables-wrappers do, preferring one that already
         holds this collection's rules; RV(backend_reason) says why.
+      - V(auto) lists every table of both iptables variants to decide, which costs seconds at tens of thousands of
+        rules; once a run has left rules and its run record (see the description), the backend whose record the host
+        still carries is kept without that listing.
     type: str
     choices: [auto, nft, iptables, iptables-legacy]
     default: auto

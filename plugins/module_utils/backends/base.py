@@ -79,14 +79,17 @@ class NatBackend(object):
         params, as in the run record: most entries of a big ruleset are never shown)."""
         return RuleEntry(rule.name, rule.family, rule.chain, self.compile(rule), given, rule_to_params(rule) if given is None else None)
 
-    def read(self, run_command, record=None, counters=False):
-        """HostState of the owned objects, from read-only commands.
+    def read(self, run_command, counters=False):
+        """HostState of every owned object, from read-only commands; ``facts["stamp"]`` is the stamp the host carries.
 
-        ``record`` (run_record.RunRecord or None) holds the entries the last changing run left; when
-        the host still carries that run's stamp, the backend takes its entries instead of reading
-        every owned rule. ``counters``: read every owned rule, with ``facts["counters"]``
-        {rule name: [packets, bytes]}. Raises BackendError.
+        ``counters``: with ``facts["counters"]`` {rule name: [packets, bytes]}. Raises BackendError.
         """
+        raise NotImplementedError
+
+    def recorded(self, run_command, record):
+        """HostState of ``record``'s entries (``facts["from_record"]``) when the host still carries the stamp of
+        the run that left it (run_record.RunRecord), else None: a read-only look that lists no owned rule.
+        Raises BackendError."""
         raise NotImplementedError
 
     def parse(self, outputs):

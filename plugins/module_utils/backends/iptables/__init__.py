@@ -98,21 +98,17 @@ class IptablesBackend(NatBackend):
         return dict((family, owned_objects(run_listing(run_command, self.list_argv(family, counters), "%s nat table" % TOOL_PREFIXES[family])))
                     for family in FAMILIES)
 
-    def read(self, run_command, record=None, counters=False):
-        if counters:
-            # Counters change with every packet, so such a listing has no stamp to compare with a record.
-            owned = self._owned(run_command, counters=True)
-            state = self._parsed(owned)
-            state.facts["counters"] = dict(item for family in FAMILIES for item in rule_counters(owned[family]).items())
-            return state
-        if record is not None:
-            chains = self._marked_chains(run_command, record)
-            if chains is not None:
-                return HostState(list(record.entries), self._recorded_facts(record.entries, chains, record.stamp))
-        owned = self._owned(run_command)
+    def read(self, run_command, counters=False):
+        owned = self._owned(run_command, counters)
         state = self._parsed(owned)
         state.facts["stamp"] = marker_stamp(dict((family, objects.chains) for family, objects in owned.items()))
+        if counters:
+            state.facts["counters"] = dict(item for family in FAMILIES for item in rule_counters(owned[family]).items())
         return state
+
+    def recorded(self, run_command, record):
+        chains = self._marked_chains(run_command, record)
+        return None if chains is None else HostState(list(record.entries), self._recorded_facts(record.entries, chains, record.stamp))
 
     def _marked_chains(self, run_command, record):
         """{family: owned chains} when the host carries ``record``'s stamp, else None."""

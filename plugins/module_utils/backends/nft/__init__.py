@@ -87,19 +87,27 @@ class NftBackend(NatBackend):
     def normalize(self, entries):
         return normalize(entries)
 
-    def read(self, run_command, record=None, counters=False):
-        markers = owned_tables(run_listing(run_command, LIST_CHAINS_ARGV, "nft chains"))
-        facts = {"tables": set(markers), "markers": markers, "stamp": _common_stamp(markers), "unrecognized": [], "counters": {}}
-        if not markers:
+    def read(self, run_command, counters=False):
+        facts = self._marker_facts(run_command)
+        if not facts["tables"]:
             return HostState([], facts)
-        if record is not None and not counters and facts["stamp"] is not None and record.stamp == facts["stamp"] \
-                and set(entry.family for entry in record.entries) == facts["tables"]:
-            return HostState(list(record.entries), dict(facts, from_record=True))
         outputs = dict((family, run_listing(run_command, list_table_argv(family), "%s %s table" % (NFT_FAMILIES[family], TABLE)))
-                       for family in FAMILIES if family in markers)
+                       for family in FAMILIES if family in facts["tables"])
         entries, unrecognized, counters = self._entries(outputs)
         facts.update(unrecognized=unrecognized, counters=counters)
         return HostState(entries, facts)
+
+    def recorded(self, run_command, record):
+        facts = self._marker_facts(run_command)
+        if facts["stamp"] is None or record.stamp != facts["stamp"] or set(entry.family for entry in record.entries) != facts["tables"]:
+            return None
+        return HostState(list(record.entries), dict(facts, from_record=True))
+
+    @staticmethod
+    def _marker_facts(run_command):
+        """Facts of the owned tables as ``nft -j list chains`` shows them: which there are, their markers, the stamp."""
+        markers = owned_tables(run_listing(run_command, LIST_CHAINS_ARGV, "nft chains"))
+        return {"tables": set(markers), "markers": markers, "stamp": _common_stamp(markers), "unrecognized": [], "counters": {}}
 
     def parse(self, outputs):
         """HostState of {family: ``nft -j list table`` output} (offline); facts: ``tables`` and ``unrecognized``."""

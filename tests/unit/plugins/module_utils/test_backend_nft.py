@@ -333,7 +333,7 @@ def test_owned_tables_and_their_markers_from_the_chains_listing():
     assert owned_tables(CHAINS_LISTING) == {"ipv4": ["abc"], "ipv6": ["abc"]}
 
 
-def test_read_takes_the_record_when_the_tables_carry_its_stamp():
+def test_the_record_is_taken_when_the_tables_carry_its_stamp_listing_chains_only():
     rules = case_rules("kube_services_ipv4") + case_rules("kube_services_ipv6")
     entries = entries_of(rules)
     calls = []
@@ -342,10 +342,11 @@ def test_read_takes_the_record_when_the_tables_carry_its_stamp():
         calls.append(argv)
         return (0, CHAINS_LISTING, "") if argv == LIST_CHAINS_ARGV else (1, "", "not expected")
 
-    state = BACKEND.read(run_command, RunRecord("abc", entries))
+    state = BACKEND.recorded(run_command, RunRecord("abc", entries))
     assert state.entries == entries and state.facts["from_record"] and calls == [LIST_CHAINS_ARGV]
-    with pytest.raises(Exception, match="reading the ip nodenet_nat table failed"):
-        BACKEND.read(run_command, RunRecord("other", entries))
+    assert BACKEND.recorded(run_command, RunRecord("other", entries)) is None
+    assert BACKEND.recorded(run_command, RunRecord("abc", [entry for entry in entries if entry.family == "ipv4"])) is None
+    assert calls == [LIST_CHAINS_ARGV] * 3
 
 
 # ---------------------------------------------------------------------------

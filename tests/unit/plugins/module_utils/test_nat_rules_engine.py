@@ -15,6 +15,7 @@ import pytest
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import (
     BackendError, HostState, NatBackend, Transaction, content, entry_params, entry_rule,
 )
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import select_backend
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import IptablesBackend
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import NftBackend
 from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES, RuleError
@@ -55,7 +56,7 @@ class FakeBackend(NatBackend):
     def compile(self, rule):
         return json.dumps(rule_to_params(rule), sort_keys=True)
 
-    def read(self, run_command, record=None):
+    def read(self, run_command, counters=False):
         entries = []
         for family in FAMILIES:
             rc, out, err = run_command(["fake-list", family])
@@ -63,6 +64,9 @@ class FakeBackend(NatBackend):
                 raise BackendError("reading the %s ruleset failed (rc=%s) running fake-list %s: %s" % (family, rc, family, err.strip()))
             entries += [self.entry(rule_from_params(params, 0)) for params in json.loads(out or "[]")]
         return HostState(entries, {"stamp": None})
+
+    def recorded(self, run_command, record):
+        return None
 
     def render(self, desired, current, token):
         transactions = []
@@ -284,8 +288,8 @@ def test_deleted_everything_leaves_nothing_owned():
 
 def test_drift_is_reported_and_rewritten_although_rules_are_equal():
     class DriftingBackend(FakeBackend):
-        def read(self, run_command, record=None):
-            state = super(DriftingBackend, self).read(run_command, record)
+        def read(self, run_command, counters=False):
+            state = super(DriftingBackend, self).read(run_command)
             return state._replace(facts={"unrecognized": ["ipv4 NODENET-POSTROUTING: hand edit"]})
 
     host = FakeNode(EGRESS)
@@ -551,6 +555,33 @@ def test_iptables_runs_from_the_record_list_no_rule(netns, store, case):
         assert (rc, tables) == (0, "")
     else:
         assert commands == [check, tool + "-restore"]
+
+
+@pytest.mark.parametrize("backend_name", sorted(_REAL_BACKEND_BINARIES))
+def test_auto_keeps_the_backend_whose_run_record_the_host_carries_without_listing_rulesets(netns, store, backend_name):
+    """auto detection lists every table of both iptables variants (seconds at tens of thousands of rules); a run
+    record the host still carries says which backend holds the rules. A record without rules says nothing."""
+    if not all(shutil.which(binary) for binary in _REAL_BACKEND_BINARIES[backend_name]):
+        pytest.skip("needs %s" % ", ".join(_REAL_BACKEND_BINARIES[backend_name]))
+    commands = []
+
+    def runner(argv, data=None):
+        commands.append(os.path.basename(argv[0]))
+        return netns.run(argv, data)
+
+    def converge(config, backend):
+        del commands[:]
+        return NatRulesRun(_params("overridden", config, backend=backend), FakeHost(runner, which=shutil.which),
+                           lambda requested: select_backend(requested, runner, shutil.which), offline_backend, store).run()
+
+    converge(_services(3), backend_name)
+    for config in (_services(3), _services(2)):
+        result = converge(config, "auto")
+        assert (result["backend"], result["changed"]) == (backend_name, config != _services(3))
+        assert "run record" in result["backend_reason"] and not [command for command in commands if command.endswith("-save")]
+    converge([], backend_name)
+    assert "run record" not in converge([], "auto")["backend_reason"]
+    assert [command for command in commands if command.endswith("-save")]
 
 
 @pytest.mark.parametrize("case", sorted(_RECORD_RUNS))
