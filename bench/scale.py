@@ -202,6 +202,8 @@ def measure_convergence(backend, count, workdir):
         figures = dict((step, {"ansible": statistics.median(values) - floor}) for step, values in samples.items())
         # A no-op with the rules as a list variable (the rules the last step left), above its own floor: what ansible costs to walk them.
         last = step_configs(count)[-1][1]
+        # The same no-op with backend auto (the module's and the roles' default).
+        figures["no-op"]["ansible auto"] = ansible_seconds(namespace, workdir, NAT_RULES_TASK % "auto", as_text(last)) - floor
         list_floor = ansible_seconds(namespace, workdir, LIST_FLOOR_TASK, as_list(last))
         figures["no-op"]["ansible list"] = ansible_seconds(namespace, workdir, LIST_TASK % backend, as_list(last)) - list_floor
     finally:
@@ -213,10 +215,13 @@ def measure_convergence(backend, count, workdir):
             result, seconds, rss = module_run(namespace, workdir, {"backend": backend, "state": "overridden", "config": config})
             assert result["changed"] == (step != "no-op"), (step, result.get("summary"))
             samples.setdefault(step, []).append((seconds, rss))
+        result, auto_seconds, dummy = module_run(namespace, workdir, {"backend": "auto", "state": "overridden", "config": config})
+        assert not result["changed"] and result["backend"] == backend, result.get("backend_reason")
     finally:
         namespace.close()
     for step, values in samples.items():
         figures[step].update(module=statistics.median(seconds for seconds, rss in values), rss=max(rss for seconds, rss in values))
+    figures["no-op"]["module auto"] = auto_seconds
     namespace = Namespace()
     try:
         # The first run's script: what the module renders for these rules on a host without them.
@@ -387,7 +392,8 @@ def report(convergence, builtin_per_rule, latency, started, seconds, machine):
         "`nodenet.nat.nat_rules` task with `state: overridden` and the rules as JSON text in a variable (as the module "
         "documents for big rulesets). **ansible** is the wall time of `ansible-playbook` minus its floor (the same "
         "playbook and vars with a `debug` task, also given; the median of %d runs spread over the steps); **as a list** "
-        "the same no-op with the rules in a list variable, above the floor of that variable; **module** the module's own "
+        "the same no-op with the rules in a list variable, above the floor of that variable; **backend auto** the same "
+        "no-op with `backend: auto` (the default); **module** the module's own "
         "wall time and **RSS** its peak resident memory, the module file run directly on the same arguments; **raw** the "
         "backend's own tool applying the module's first-run script. The no-op and the one-service change (there, back, "
         "there again) run %d times each and give their median; the first run and the removal run once." % (REPEATS, REPEATS),
@@ -403,6 +409,8 @@ def report(convergence, builtin_per_rule, latency, started, seconds, machine):
                     backend, count, floor, step, figures[step]["ansible"], figures[step]["module"], figures[step]["rss"],
                     "%.2f" % raw if step == "first run" else ""))
             lines.append("| %s | %d | %.2f | no-op, as a list | %.2f | | | |" % (backend, count, floor, figures["no-op"]["ansible list"]))
+            lines.append("| %s | %d | %.2f | no-op, backend auto | %.2f | %.2f | | |" % (
+                backend, count, floor, figures["no-op"]["ansible auto"], figures["no-op"]["module auto"]))
     lines += ["", "![convergence](convergence.png)", ""]
     lines += ["## Per rule, against `ansible.builtin.iptables`", "",
               "`ansible.builtin.iptables` looped over %d such rules costs **%.3f s per rule** above the floor. nat_rules' "
