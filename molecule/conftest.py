@@ -62,10 +62,11 @@ def run_module(name, module_name, params, check_failed=True):
     return result
 
 
-def run_playbook(playbook, *args, timeout=None):
-    """stdout of ``ansible-playbook ARGS PLAYBOOK`` on the scenario's inventory; a failed run fails the test with its output."""
+def run_playbook(playbook, *args, timeout=None, env=None):
+    """stdout of ``ansible-playbook ARGS PLAYBOOK`` on the scenario's inventory (``env``: more environment variables);
+    a failed run fails the test with its output."""
     argv = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"]] + list(args) + [playbook]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout)
+    result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout, env=dict(os.environ, **(env or {})))
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
 

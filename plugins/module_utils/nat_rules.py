@@ -39,6 +39,7 @@ RESULT_RULES = ("summary", "changed", "all")
 ARGUMENT_SPEC = dict(
     # Items are checked by model.rule_from_params, not by ansible (see the option's documentation).
     config=dict(type="raw"),
+    config_path=dict(type="path"),
     state=dict(type="str", choices=list(STATES), default="merged"),
     backend=dict(type="str", choices=list(BACKEND_CHOICES), default="auto"),
     scope=dict(type="str"),
@@ -47,7 +48,7 @@ ARGUMENT_SPEC = dict(
     persist_path=dict(type="path"),
     result_rules=dict(type="str", choices=list(RESULT_RULES), default="summary"),
 )
-MODULE_OPTIONS = dict(required_if=[("state", "parsed", ["running_config"])])
+MODULE_OPTIONS = dict(required_if=[("state", "parsed", ["running_config"])], mutually_exclusive=[("config", "config_path")])
 # Fields whose value says which addresses a rule uses; giving one of them in ``merged``
 # re-infers the family instead of keeping the existing rule's.
 _ADDRESS_FIELDS = ("source", "destination", "to_source", "to_destination")
@@ -110,21 +111,36 @@ def merge_params(existing, params):
     return merged
 
 
-def config_items(config):
+def config_items(config, field="config"):
     """The list of config items of ``config``: a list, the JSON text of one, or None (no rules)."""
     if isinstance(config, str):
         try:
             config = json.loads(config) if config.strip() else []
         except ValueError as error:
-            raise RuleError("config: is neither a list of rules nor the JSON text of one (%s)" % error)
+            raise RuleError("%s: is neither a list of rules nor the JSON text of one (%s)" % (field, error))
     if config is None:
         return []
     if not isinstance(config, list):
         shown = repr(config)
         if len(shown) > 200:
             shown = "%s... (%d characters)" % (shown[:200], len(shown))
-        raise RuleError("config: %s is not a list of rules" % shown)
+        raise RuleError("%s: %s is not a list of rules" % (field, shown))
     return config
+
+
+def given_config(params):
+    """The config items of ``config``, or of the JSON text in the file at ``config_path``."""
+    path = params.get("config_path")
+    if path is None:
+        return config_items(params.get("config"))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
+    except (IOError, OSError) as error:
+        raise RuleError("config_path: cannot read %s: %s" % (path, error.strerror))
+    except ValueError as error:
+        raise RuleError("config_path: %s is not UTF-8 text (%s)" % (path, error))
+    return config_items(text, "config_path %s" % path)
 
 
 def _put_in_place(current, entries):
@@ -332,7 +348,7 @@ class NatRulesRun(object):
         state = self.params["state"]
         try:
             with gc_paused():
-                config = config_items(self.params.get("config"))
+                config = given_config(self.params)
                 if state in OFFLINE_STATES:
                     result = self._offline(state, config)
                 else:

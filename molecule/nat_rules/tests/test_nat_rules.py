@@ -157,10 +157,15 @@ def test_client_traffic_to_upstream_is_snatted_to_the_chosen_address(nodes):
 
 
 def check_auto_gathered_parsed(host):
+    # The run record of the last converge names the backend; without it, detection finds it in the rulesets.
+    result = nat_rules(host, state="gathered", backend="auto")
+    assert (result["backend"], result["backend_reason"]) == (
+        backend(host), "%s holds this collection's rules as its last run left them (run record); kept it" % backend(host))
+    host.check_output("rm -rf /run/nodenet-nat")
     result = nat_rules(host, state="gathered", backend="auto")
     assert result["backend"] == backend(host), result["backend_reason"]
     reason = {"nft": "nft", "iptables": "iptables-nft", "iptables-legacy": "legacy iptables"}[backend(host)]
-    assert reason in result["backend_reason"], result["backend_reason"]
+    assert reason in result["backend_reason"] and "run record" not in result["backend_reason"], result["backend_reason"]
     assert not result["changed"]
     gathered = result["gathered"]
     assert sorted(rule["name"] for rule in gathered) == NAMES
@@ -171,8 +176,9 @@ def check_auto_gathered_parsed(host):
 
 
 def test_auto_detects_the_backend_and_parsed_listing_equals_gathered(nodes):
-    """auto picks the node's backend (legacy: because legacy rules exist); gathered lists the converged
-    names; parsing the host's own listing (nft -j / iptables-save -t nat, per family) gives the same rules."""
+    """auto picks the node's backend (from the run record, or by detection: legacy because legacy rules exist);
+    gathered lists the converged names; parsing the host's own listing (nft -j / iptables-save -t nat, per family)
+    gives the same rules."""
     on_each(nodes, check_auto_gathered_parsed)
 
 
@@ -296,3 +302,26 @@ def check_udp_endpoint_replaced(host):
 
 def test_a_replaced_udp_endpoint_takes_the_clients_flow_with_it(nodes):
     on_each(nodes, check_udp_endpoint_replaced)
+
+
+def test_a_config_of_more_than_a_mebibyte_reaches_the_module_as_a_file_and_converges(nodes, playbook, tmp_path):
+    """The action plugin ships a big config as a file in the task's temporary directory (ansible embeds module
+    arguments in the module it sends); the rules go in, a second run changes nothing, the file goes with the task."""
+    rules = [dict(name="bulk-%d" % index, type="dnat", protocol="tcp", destination=["198.18.%d.%d" % divmod(index, 250)],
+                  destination_ports=[8080], to_destination=["10.244.1.10:8080", "10.244.1.11:8080"]) for index in range(8000)]
+    text = json.dumps(rules)
+    assert len(text) > 1 << 20
+    variables = tmp_path / "bulk.json"
+    variables.write_text(json.dumps(dict(bulk_rules_text=text)))
+    out = playbook(os.path.join(os.environ["MOLECULE_SCENARIO_DIRECTORY"], "big_config.yml"), "-e", "@%s" % variables,
+                   env=dict(ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_LOAD_CALLBACK_PLUGINS="1"))
+    tasks = json.loads(out)["plays"][0]["tasks"]
+    said = tasks[-1]["hosts"]
+    assert sorted(said) == sorted(node.name for node in nodes)
+    for name, answer in sorted(said.items()):
+        first = tasks[0]["hosts"][name]     # as the callback saw it: with the module's invocation
+        assert first["changed"] and len(first["summary"]["added"]) == 8000, (name, first["summary"])
+        assert first["invocation"]["module_args"]["config_path"].endswith("/nat_rules_config.json"), (name, first["invocation"])
+        assert answer["msg"]["again"] is False and answer["msg"]["leftovers"] == [], (name, answer["msg"])
+        assert len(answer["msg"]["removed"]["removed"]) == 8000, name
+    on_each(nodes, check_egress)

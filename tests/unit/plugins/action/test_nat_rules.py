@@ -9,7 +9,6 @@ import json
 
 import pytest
 from ansible.errors import AnsibleConnectionFailure
-from ansible.plugins.action.normal import ActionModule as NormalActionModule
 from ansible.plugins.connection import ConnectionBase
 
 from ansible_collections.nodenet.nat.plugins.action import nat_rules as action
@@ -44,9 +43,15 @@ class Task(object):
 class Shell(object):
     tmpdir = None
 
+    @staticmethod
+    def join_path(*parts):
+        return "/".join(parts)
+
 
 class Connection(object):
     """A connection whose reset is its own (as ssh's); ``answers`` are what each command gets: a dict or an exception."""
+
+    has_native_async = False
 
     def __init__(self):
         self._shell = Shell()
@@ -71,6 +76,24 @@ class Plugin(ActionModule):
         self.answers = list(answers)
         self.modules = []
         self.commands = []
+        self.transferred = {}
+        self.fixed_perms = []
+        self.removed_tmp = []
+
+    def _make_tmp_path(self, remote_user=None):
+        self._connection._shell.tmpdir = "/tmp/ansible-tmp-1"
+        return self._connection._shell.tmpdir
+
+    def _transfer_data(self, remote_path, data):
+        self.transferred[remote_path] = data
+        return remote_path
+
+    def _fixup_perms2(self, remote_paths, remote_user=None, execute=True):
+        self.fixed_perms.append((tuple(remote_paths), execute))
+
+    def _remove_tmp_path(self, tmp_path, force=False):
+        self.removed_tmp.append(tmp_path)
+        self._connection._shell.tmpdir = None
 
     def _execute_module(self, module_name=None, module_args=None, task_vars=None, wrap_async=False, **kwargs):
         self.modules.append((module_name, module_args, wrap_async))
@@ -109,12 +132,43 @@ def _result(rollback, **fields):
 UNREACHABLE = AnsibleConnectionFailure("Failed to connect to the host via ssh: ssh: connect to host 198.51.100.2 port 22: Connection timed out")
 
 
-def test_without_rollback_timeout_it_is_the_normal_action(monkeypatch):
-    calls = []
-    monkeypatch.setattr(NormalActionModule, "run", lambda self, tmp=None, task_vars=None: calls.append(task_vars) or dict(changed=True))
-    plugin = Plugin(dict(state="merged", config=[]), None)
-    assert plugin.run(task_vars=dict(inventory_hostname="node1")) == dict(changed=True)
-    assert calls == [dict(inventory_hostname="node1")] and plugin.modules == [] and plugin.commands == []
+def test_without_rollback_timeout_the_module_runs_once_on_the_task_arguments():
+    args = dict(state="merged", config='[{"name": "egress", "type": "masquerade"}]')
+    plugin = Plugin(args, dict(changed=True, summary={}))
+    assert plugin.run(task_vars=dict(inventory_hostname="node1")) == dict(changed=True, summary={})
+    assert plugin.modules == [(None, args, False)] and plugin.commands == [] and plugin.transferred == {}
+
+
+def _big_config():
+    """JSON text of rules just over the size that ships as a file."""
+    rule = dict(name="svc-0", type="dnat", protocol="tcp", destination_type="local", destination_ports=[10000],
+                to_destination=["10.244.0.1:8080", "10.244.0.2:8080"])
+    count = action.SHIP_CONFIG_ABOVE // len(json.dumps(rule)) + 1
+    text = json.dumps([dict(rule, name="svc-%d" % index, destination_ports=[10000 + index]) for index in range(count)])
+    assert len(text) > action.SHIP_CONFIG_ABOVE
+    return text
+
+
+@pytest.mark.parametrize("async_val", [0, 30])
+def test_a_big_config_goes_to_the_host_as_a_file_in_the_task_directory(async_val):
+    config = _big_config()
+    plugin = Plugin(dict(state="overridden", backend="nft", config=config), dict(changed=False), async_val=async_val)
+    plugin.run(task_vars={})
+    path = "/tmp/ansible-tmp-1/" + action.SHIPPED_CONFIG_NAME
+    assert plugin.transferred == {path: config}
+    assert plugin.fixed_perms == [(("/tmp/ansible-tmp-1", path), False)]
+    assert plugin.modules == [(None, dict(state="overridden", backend="nft", config_path=path), bool(async_val))]
+    # The directory goes with the task; an async job's wrapper removes it when the job ends.
+    assert plugin.removed_tmp == ([] if async_val else ["/tmp/ansible-tmp-1"])
+
+
+@pytest.mark.parametrize("args", [dict(config=json.dumps([dict(name="egress", type="masquerade")] * 3)),
+                                  dict(config=[dict(name="egress", type="masquerade")] * 30000),
+                                  dict(config="x" * (2 << 20), config_path="/etc/rules.json")])
+def test_small_text_a_list_or_a_config_path_already_given_pass_as_they_are(args):
+    plugin = Plugin(args, dict(changed=False))
+    plugin.run(task_vars={})
+    assert plugin.modules == [(None, args, False)] and plugin.transferred == {}
 
 
 def test_async_is_refused_with_rollback_timeout():
@@ -127,7 +181,7 @@ def test_nothing_to_confirm_when_nothing_changed(clock):
     result = plugin.run(task_vars={})
     assert result["rollback"] == dict(status="not_needed", timeout=10)
     assert plugin.commands == [] and plugin._connection.resets == 0
-    assert plugin.modules == [(None, None, False)]
+    assert plugin.modules == [(None, dict(rollback_timeout=10), False)]
 
 
 def test_a_reachable_host_confirms_over_a_new_connection(clock):

@@ -22,8 +22,8 @@ from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES,
 from ansible_collections.nodenet.nat.plugins.module_utils.model.dicts import rule_to_params
 from ansible_collections.nodenet.nat.plugins.module_utils.model.params import rule_from_params, rules_from_config
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import (
-    NatRulesError, NatRulesRun, canonical_order, config_entries, config_items, listed_commands, desired_entries, merge_params, offline_backend, run_nat_rules,
-    running_config_family,
+    NatRulesError, NatRulesRun, canonical_order, config_entries, config_items, given_config, listed_commands, desired_entries, merge_params,
+    offline_backend, run_nat_rules, running_config_family,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordStore
 from support import FakeHost
@@ -730,6 +730,23 @@ def test_config_as_json_text_and_its_errors():
         config_items(json.dumps({"rules": ["svc-%d" % index for index in range(10000)]}))
     assert str(caught.value).startswith("config: {'rules': ['svc-0'") and str(caught.value).endswith("characters) is not a list of rules")
     assert len(str(caught.value)) < 300
+
+
+def test_config_path_holds_the_json_text_of_config(tmp_path):
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps([EGRESS]))
+    assert given_config(dict(config_path=str(path), config=None)) == [EGRESS] == given_config(dict(config=json.dumps([EGRESS])))
+    host = FakeNode()
+    result = _run(host, "merged", config_path=str(path))
+    assert result["changed"] and _names(_rules(*result["after"])) == ["egress"]
+    with pytest.raises(RuleError, match=r"^config_path: cannot read %s: No such file or directory$" % (tmp_path / "missing.json")):
+        given_config(dict(config_path=str(tmp_path / "missing.json")))
+    path.write_text("[{")
+    with pytest.raises(RuleError, match=r"^config_path %s: is neither a list of rules nor the JSON text of one" % path):
+        given_config(dict(config_path=str(path)))
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(RuleError, match=r"^config_path: %s is not UTF-8 text" % path):
+        given_config(dict(config_path=str(path)))
 
 
 def test_a_long_script_is_counted_not_listed_unless_the_rules_are_asked_for():
