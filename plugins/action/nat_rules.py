@@ -8,8 +8,8 @@ goes to the host as a file in the task's temporary directory (the module's ``con
 arguments in the module file it sends, as JSON inside a Python string, which at 50 000 rules (7 MB) costs it about half a
 second more than copying the text as it is.
 
-With it, the module applies the change and returns at once, leaving a cookie file and a watcher process on the host.
-This plugin then proves that the controller can still reach the host the way it normally does: it resets the
+With ``rollback_timeout``, the module applies the change and returns at once, leaving a cookie file and a watcher
+process on the host. This plugin then proves that the controller can still reach the host the way it normally does: it resets the
 connection (an ssh ControlPersist master opened before the change would survive a NAT change that blocks every new
 connection, since conntrack keeps an established flow's NAT) and runs one short command over a new connection that
 removes the cookie, which makes the watcher keep the change. While the host cannot be reached it tries again every
