@@ -9,12 +9,12 @@ arguments in the module file it sends, as JSON inside a Python string, which at 
 second more than copying the text as it is.
 
 With ``rollback_timeout``, the module applies the change and returns at once, leaving a cookie file and a watcher
-process on the host. This plugin then proves that the controller can still reach the host the way it normally does: it resets the
-connection (an ssh ControlPersist master opened before the change would survive a NAT change that blocks every new
-connection, since conntrack keeps an established flow's NAT) and runs one short command over a new connection that
-removes the cookie, which makes the watcher keep the change. While the host cannot be reached it tries again every
-second. Past the deadline the watcher has put the previous rules back; the plugin keeps trying a little longer
-(GRACE seconds plus one connection timeout) to read what the host did, and reports it.
+process on the host. This plugin then proves that the controller can still reach the host the way it normally does: it
+resets the connection (an ssh ControlPersist master opened before the change would survive a NAT change that blocks
+every new connection, since conntrack keeps an established flow's NAT) and runs one short command over a new
+connection that removes the cookie, which makes the watcher keep the change. While the host cannot be reached it tries
+again every second. Past the deadline the watcher has put the previous rules back; the plugin keeps trying a little
+longer (GRACE seconds plus one connection timeout) to read what the host did, and reports it.
 """
 from __future__ import annotations
 
