@@ -202,7 +202,9 @@ def in_scope(entry, scope):
 
 
 def check_scope(config, scope):
-    """Raise RuleError for a config rule whose name lies outside ``scope``."""
+    """Raise RuleError for a config rule whose name lies outside ``scope`` (no scope: every name is inside)."""
+    if not scope:
+        return
     for index, params in enumerate(config):
         name = (params.get("name") if isinstance(params, dict) else None) or ""
         if not isinstance(name, str) or not name.startswith(scope):
