@@ -9,7 +9,7 @@ UPSTREAM = {"203.0.113.2": "203.0.113.1 upstream", "2001:db8::2": "2001:db8::1 u
 
 
 def unmarked(listing):
-    """The listing with the marker chain unnamed (nft state_, iptables-nft NODENET-RUN-: named after the run that wrote
+    """The listing with the marker chain unnamed (nft state_, iptables NODENET-RUN-: named after the run that wrote
     the rules, or after the rules in the boot files)."""
     return re.sub(r"(state_|NODENET-RUN-)[0-9a-f]+", r"\1", listing)
 
