@@ -117,7 +117,13 @@ def management(tmp_path_factory):
                 ansible_connection="ssh", ansible_user="root", ansible_ssh_private_key_file=path.key,
                 ansible_ssh_common_args="-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null")}}, inventory)
         for name, (backend, index) in NODES.items():
-            assert path.ssh(node_address(index), SSH_TIMEOUT)[0] == 0, "no ssh to %s before any change" % name
+            # The sshd just started may not answer yet (CI once saw rc 255 at once): up to 10 s for a first answer.
+            deadline = time.monotonic() + 10
+            rc, err = path.ssh(node_address(index), SSH_TIMEOUT)
+            while rc != 0 and time.monotonic() < deadline:
+                time.sleep(0.5)
+                rc, err = path.ssh(node_address(index), SSH_TIMEOUT)
+            assert rc == 0, "no ssh to %s before any change: %s" % (name, err.strip())
         yield path
     finally:
         # ssh masters (ControlPersist) that ansible left in the namespace
