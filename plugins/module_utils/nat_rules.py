@@ -449,8 +449,8 @@ class NatRulesRun(object):
     def _recorded_backends(self):
         """[(backend, HostState)] of the installed backends whose run record, with rules, the host still carries."""
         recorded = []
-        for name in BACKEND_CHOICES:
-            record = self.store.load(name) if name != "auto" else None
+        for name in [choice for choice in BACKEND_CHOICES if choice != "auto"]:
+            record = self.store.load(name)
             if record is None or not record.entries:
                 continue
             try:

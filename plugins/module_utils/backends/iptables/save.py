@@ -27,7 +27,8 @@ _RULE_TYPES = dict((target, rule_type) for rule_type, target in TARGETS.items())
 
 # The owned part of one family's listing: declared owned chains, {chain: [spec]} of their lines,
 # {builtin chain: [(spec, tokens)]} of jumps to owned chains, {chain: [(packets, bytes)]} of the
-# lines when the listing has counters (iptables-save -c), and ``others``: how many rules, chains and non-ACCEPT policies of other tools the nat table holds.
+# lines when the listing has counters (iptables-save -c), and ``others``: how many rules, chains
+# and non-ACCEPT policies of other tools the nat table holds.
 OwnedObjects = collections.namedtuple("OwnedObjects", ["chains", "lines", "jumps", "counters", "others"])
 
 
