@@ -7,6 +7,7 @@ Every error names the rule (index and name), the field and the value, and comes 
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import functools
 import re
 
 from ansible.module_utils.parsing.convert_bool import boolean
@@ -14,7 +15,7 @@ from ansible.module_utils.parsing.convert_bool import boolean
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     CHAINS, CHAINS_BY_TYPE, CT_STATES, DEFAULT_CHAIN, FAMILIES, FULL_MARK, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS,
     REQUIRED_TARGET, RULE_TYPES, TARGET_TYPES, Endpoint, Mark, NatRule, PortRange, RuleError, family_of, normalize_ct_states,
-    normalize_networks, normalize_port_ranges, parse_address, parse_network,
+    RULE_DEFAULTS, normalize_networks, normalize_port_ranges, parse_address, parse_network,
 )
 
 # The options of one item of ``config`` and the types ansible would give them (the module checks the
@@ -54,6 +55,39 @@ _PORT_RANGE_PATTERN = re.compile(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?")
 _MARK_PATTERN = re.compile(r"\s*(0[xX][0-9a-fA-F]+|[0-9]+)\s*(?:/\s*(0[xX][0-9a-fA-F]+|[0-9]+)\s*)?")
 _BRACKETED_ENDPOINT_PATTERN = re.compile(r"\[([^\]]+)\](?::([0-9]+))?")
 _DIGITS_PATTERN = re.compile(r"[0-9]+")
+
+
+class EndpointError(ValueError):
+    """args: the value at fault and what is wrong with it."""
+
+
+# Services share endpoints (a pod backs several ports, a hairpin rule names its service's pods): parse each text once.
+@functools.lru_cache(maxsize=1 << 17)
+def parse_endpoint(text):
+    """(Endpoint, its address text) of a to_destination item; raises EndpointError."""
+    text = text.strip()
+    bracketed = _BRACKETED_ENDPOINT_PATTERN.fullmatch(text)
+    if bracketed:
+        address_text, port_text = bracketed.groups()
+    else:
+        address_text, colon, port_text = text.rpartition(":")
+        if not colon or ":" in address_text:
+            # No port, or a bare IPv6 address (an IPv6 address with a port needs brackets).
+            address_text, port_text = text, None
+    try:
+        address = parse_address(address_text)
+    except ValueError:
+        raise EndpointError(address_text, "is not a valid IP address")
+    if bracketed and address.version != 6:
+        raise EndpointError(text, "uses brackets, which are for IPv6 addresses only")
+    if port_text is None:
+        return Endpoint(address, None), address_text
+    if not _DIGITS_PATTERN.fullmatch(port_text):
+        raise EndpointError(text, "is not an address or address:port")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise EndpointError(text, "has a port outside 1-65535")
+    return Endpoint(address, port), address_text
 
 
 def _is_text(value):
@@ -185,23 +219,12 @@ class _RuleReader(object):
     def endpoint(self, text):
         if not isinstance(text, str):
             self.fail("to_destination", text, "is not an address or address:port")
-        text = text.strip()
-        bracketed = _BRACKETED_ENDPOINT_PATTERN.fullmatch(text)
-        if bracketed:
-            address_text, port_text = bracketed.groups()
-            address = self.address("to_destination", address_text)
-            if address.version != 6:
-                self.fail("to_destination", text, "uses brackets, which are for IPv6 addresses only")
-        else:
-            address_text, colon, port_text = text.rpartition(":")
-            if not colon or ":" in address_text:
-                # No port, or a bare IPv6 address (an IPv6 address with a port needs brackets).
-                address_text, port_text = text, None
-            address = self.address("to_destination", address_text)
-            if port_text is not None and not _DIGITS_PATTERN.fullmatch(port_text):
-                self.fail("to_destination", text, "is not an address or address:port")
-        port = None if port_text is None else self.port("to_destination", port_text, text)
-        return Endpoint(address, port)
+        try:
+            endpoint, address_text = parse_endpoint(text)
+        except EndpointError as error:
+            self.fail("to_destination", *error.args)
+        self.note_family("to_destination", address_text, endpoint.address)
+        return endpoint
 
     def to_destination(self):
         texts = self.items("to_destination")
@@ -293,12 +316,6 @@ class _RuleReader(object):
         return value
 
 
-def _require_given_with(reader, rule, negate_field, field):
-    """A negation needs the thing it negates, so that one meaning has one spelling."""
-    if getattr(rule, negate_field) and getattr(rule, field) in ((), None):
-        reader.fail(negate_field, True, "needs %s" % field)
-
-
 def _given(value):
     return value not in (None, [], False)
 
@@ -323,48 +340,52 @@ def rule_from_params(params, index):
 
     declared_family = reader.choice("family", FAMILIES)
     protocol = reader.choice("protocol", PROTOCOLS)
-    rule = NatRule(
-        name=name,
-        type=rule_type,
-        chain=chain,
-        family=None,
-        source=reader.networks("source"),
-        source_negate=reader.flag("source_negate"),
-        destination=reader.networks("destination"),
-        destination_negate=reader.flag("destination_negate"),
-        destination_type=reader.choice("destination_type", ("local",)),
-        destination_type_negate=reader.flag("destination_type_negate"),
-        in_interface=reader.interface("in_interface", chain, IN_INTERFACE_CHAINS),
-        out_interface=reader.interface("out_interface", chain, OUT_INTERFACE_CHAINS),
-        protocol=protocol,
-        destination_ports=reader.destination_ports(),
-        mark=reader.mark("mark"),
-        mark_negate=reader.flag("mark_negate"),
-        ct_state=reader.ct_state(),
-        to_source=reader.to_source(),
-        to_destination=reader.to_destination(),
-        to_ports=reader.to_ports(),
-        random_fully=reader.flag("random_fully"),
-        set_mark=reader.mark("set_mark"),
-    )
+    values = dict(RULE_DEFAULTS, name=name, type=rule_type, chain=chain, protocol=protocol)
+    # A field not given keeps its default (what its reader makes of None); most items give a few of them.
+    for field, read in _FIELD_READERS:
+        if params.get(field) is not None:
+            values[field] = read(reader, chain)
     required = REQUIRED_TARGET.get(rule_type)
-    if required and getattr(rule, required) in (None, ()):
+    if required and values[required] in (None, ()):
         reader.fail(required, None, "is required for type %s" % rule_type)
-    rule = rule._replace(family=reader.family(declared_family))
+    values["family"] = reader.family(declared_family)
     for negate_field, field in _NEGATIONS:
-        _require_given_with(reader, rule, negate_field, field)
+        # A negation needs the thing it negates, so that one meaning has one spelling.
+        if values[negate_field] and values[field] in ((), None):
+            reader.fail(negate_field, True, "needs %s" % field)
     if protocol is None:
-        uses_ports = (("destination_ports", bool(rule.destination_ports)), ("to_ports", rule.to_ports is not None),
-                      ("to_destination", any(endpoint.port for endpoint in rule.to_destination)))
+        uses_ports = (("destination_ports", bool(values["destination_ports"])), ("to_ports", values["to_ports"] is not None),
+                      ("to_destination", any(endpoint.port for endpoint in values["to_destination"])))
         for field, has_ports in uses_ports:
             if has_ports:
                 reader.fail(field, params.get(field), "needs protocol (tcp, udp or sctp)")
-    return rule
+    return NatRule(**values)
 
 
 _TARGET_TYPES_SORTED = sorted(TARGET_TYPES.items())
 _NEGATIONS = (("source_negate", "source"), ("destination_negate", "destination"),
               ("destination_type_negate", "destination_type"), ("mark_negate", "mark"))
+# The fields after type, chain, family and protocol, in the order they are read: the first address family seen
+# is the one a mixed-family error names as the rule's. Each reader takes the reader and the rule's chain.
+_FIELD_READERS = (
+    ("source", lambda reader, chain: reader.networks("source")),
+    ("source_negate", lambda reader, chain: reader.flag("source_negate")),
+    ("destination", lambda reader, chain: reader.networks("destination")),
+    ("destination_negate", lambda reader, chain: reader.flag("destination_negate")),
+    ("destination_type", lambda reader, chain: reader.choice("destination_type", ("local",))),
+    ("destination_type_negate", lambda reader, chain: reader.flag("destination_type_negate")),
+    ("in_interface", lambda reader, chain: reader.interface("in_interface", chain, IN_INTERFACE_CHAINS)),
+    ("out_interface", lambda reader, chain: reader.interface("out_interface", chain, OUT_INTERFACE_CHAINS)),
+    ("destination_ports", lambda reader, chain: reader.destination_ports()),
+    ("mark", lambda reader, chain: reader.mark("mark")),
+    ("mark_negate", lambda reader, chain: reader.flag("mark_negate")),
+    ("ct_state", lambda reader, chain: reader.ct_state()),
+    ("to_source", lambda reader, chain: reader.to_source()),
+    ("to_destination", lambda reader, chain: reader.to_destination()),
+    ("to_ports", lambda reader, chain: reader.to_ports()),
+    ("random_fully", lambda reader, chain: reader.flag("random_fully")),
+    ("set_mark", lambda reader, chain: reader.mark("set_mark")),
+)
 
 
 def rule_names(config):

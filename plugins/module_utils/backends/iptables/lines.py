@@ -74,27 +74,38 @@ def jump_tokens(hook):
 
 def rule_lines(rule):
     """The Line list of one rule (see the module docstring for the product order)."""
+    return [Line(variant if endpoint is None else variant._replace(to_destination=(endpoint,)), probability)
+            for variant, cascade in _variants(rule) for endpoint, probability in cascade]
+
+
+def compile_rule(rule):
+    """The compiled form of one rule: the texts of its lines, without ``-A CHAIN``."""
+    texts = []
+    for variant, cascade in _variants(rule):
+        # The lines of one variant differ only in the DNAT step: its matches are written once.
+        matches = _match_text(variant)
+        for endpoint, probability in cascade:
+            statistic = "" if probability is None else " -m statistic --mode random --probability %0.10f" % probability
+            texts.append("%s%s -j %s" % (matches, statistic, " ".join([TARGETS[rule.type]] + _target_args(rule, endpoint))))
+    return texts
+
+
+def _variants(rule):
+    """[(rule with at most one source, destination and port group, [(endpoint or None, statistic probability)])]."""
     for field in ("source", "destination"):
         if getattr(rule, field + "_negate") and len(getattr(rule, field)) != 1:
             raise UnsupportedRule("rule %r: %s_negate needs exactly one network in %s with the iptables backends, got %d "
                                   "(place return rules for the exempt networks before it instead)"
                                   % (rule.name, field, field, len(getattr(rule, field))))
-    lines = []
-    combinations = itertools.product(_singles(rule.source), _singles(rule.destination), _port_groups(rule.destination_ports))
-    for source, destination, ports in combinations:
-        variant = rule._replace(source=source, destination=destination, destination_ports=ports)
-        endpoints = rule.to_destination
-        if not endpoints:
-            lines.append(Line(variant, None))
-        for index, endpoint in enumerate(endpoints):
-            remaining = len(endpoints) - index
-            lines.append(Line(variant._replace(to_destination=(endpoint,)), 1.0 / remaining if remaining > 1 else None))
-    return lines
-
-
-def compile_rule(rule):
-    """The compiled form of one rule: the texts of its lines, without ``-A CHAIN``."""
-    return [format_line(line) for line in rule_lines(rule)]
+    endpoints = rule.to_destination
+    cascade = [(endpoint, 1.0 / (len(endpoints) - index) if index < len(endpoints) - 1 else None)
+               for index, endpoint in enumerate(endpoints)] or [(None, None)]
+    variants = []
+    for source, destination, ports in itertools.product(_singles(rule.source), _singles(rule.destination),
+                                                        _port_groups(rule.destination_ports)):
+        same = source == rule.source and destination == rule.destination and ports == rule.destination_ports
+        variants.append((rule if same else rule._replace(source=source, destination=destination, destination_ports=ports), cascade))
+    return variants
 
 
 def _singles(networks):
@@ -115,8 +126,8 @@ def _port_groups(ranges):
     return groups
 
 
-def format_line(line):
-    rule = line.rule
+def _match_text(rule):
+    """The matches of a rule holding at most one source, destination and port group, its comment last."""
     args = []
     for option, networks, negate in (("-s", rule.source, rule.source_negate), ("-d", rule.destination, rule.destination_negate)):
         if networks:
@@ -138,9 +149,6 @@ def format_line(line):
     if rule.ct_state:
         args += ["-m", "conntrack", "--ctstate", ",".join(state.upper() for state in rule.ct_state)]
     args += ["-m", "comment", "--comment", '"%s"' % rule.name]
-    if line.probability is not None:
-        args += ["-m", "statistic", "--mode", "random", "--probability", "%0.10f" % line.probability]
-    args += ["-j", TARGETS[rule.type]] + _target_args(rule)
     return " ".join(args)
 
 
@@ -150,7 +158,8 @@ def join_ports(addresses, version, ports):
     return "%s:%s" % (addresses if version == 4 else "[%s]" % addresses, ports)
 
 
-def _target_args(rule):
+def _target_args(rule, endpoint):
+    """The target's options; ``endpoint``: the DNAT step's endpoint."""
     args = []
     if rule.type == "masquerade" and rule.to_ports:
         args += ["--to-ports", format_port_range(rule.to_ports)]
@@ -158,7 +167,7 @@ def _target_args(rule):
         ports = format_port_range(rule.to_ports) if rule.to_ports else None
         args += ["--to-source", join_ports(format_address_range(rule.to_source), rule.to_source[0].version, ports)]
     elif rule.type == "dnat":
-        args += ["--to-destination", format_endpoint(rule.to_destination[0])]
+        args += ["--to-destination", format_endpoint(endpoint)]
     elif rule.type == "mark":
         args += ["--set-xmark", format_mark(rule.set_mark)]
     if rule.random_fully:
