@@ -66,6 +66,10 @@ class _PartlyApplied(NatRulesError):
         self.applied = applied
 
 
+class _RecordNotCarried(Exception):
+    """The host does not carry the stamp that a state from the run record took on trust: read it in full."""
+
+
 _RANKS = dict(((family, chain), rank) for rank, (family, chain) in enumerate((family, chain) for family in FAMILIES for chain in CHAINS))
 
 
@@ -401,18 +405,18 @@ class NatRulesRun(object):
             change = self._compute(backend, state, config, host if host is not None else self._recorded_or_read(backend))
             if change.needed and backend.needs_full_read(change.desired, change.host):
                 change = self._compute(backend, state, config, backend.read(self.run_command))
-            if change.needed:
-                try:
-                    self._apply(backend, change, result)
-                except NatRulesError:
-                    if not change.host.facts.get("from_record") or self.check_mode:
-                        raise
-                    # The host no longer holds what the record says (a hand edit kept the stamp):
-                    # read it in full and try once more.
-                    change = self._compute(backend, state, config, backend.read(self.run_command))
-                    self._apply(backend, change, result)
-            elif change.host.facts.get("stamp") and not self.check_mode and change.learned:
-                self.store.save(backend.name, change.host.facts["stamp"], change.desired)
+            try:
+                self._converge(backend, change, result)
+            except _RecordNotCarried:
+                change = self._compute(backend, state, config, backend.read(self.run_command))
+                self._converge(backend, change, result)
+            except NatRulesError:
+                if not change.host.facts.get("from_record") or self.check_mode:
+                    raise
+                # The host no longer holds what the record says (a hand edit kept the stamp):
+                # read it in full and try once more.
+                change = self._compute(backend, state, config, backend.read(self.run_command))
+                self._converge(backend, change, result)
             if self.after_change is not None:
                 self.after_change(backend, change, result)
         if change.drift:
@@ -463,9 +467,12 @@ class NatRulesRun(object):
         return recorded
 
     def _recorded_or_read(self, backend):
-        """HostState from the run record while the host carries its stamp, else from a full read."""
+        """HostState from the run record while the host carries its stamp, else from a full read.
+
+        Looks at the stamp that a change makes by itself are deferred (_converge makes those it does not).
+        """
         record = self.store.load(backend.name)
-        host = backend.recorded(self.run_command, record) if record is not None else None
+        host = backend.recorded(self.run_command, record, deferred=True) if record is not None else None
         return host if host is not None else backend.read(self.run_command)
 
     def _compute(self, backend, state, config, host):
@@ -474,10 +481,25 @@ class NatRulesRun(object):
         desired = backend.normalize(splice_scope(current, desired_entries(backend, state, scoped, config), self.scope))
         return _Change(host, current, desired)
 
+    def _converge(self, backend, change, result):
+        """Apply the change, or record what a run learned without one; raises _RecordNotCarried when the host does
+        not carry the stamp that ``change.host``, from the run record, took on trust."""
+        if change.needed:
+            self._apply(backend, change, result)
+            return
+        if not backend.stamp_carried(self.run_command, change.host, ()):
+            raise _RecordNotCarried()
+        if change.host.facts.get("stamp") and not self.check_mode and change.learned:
+            self.store.save(backend.name, change.host.facts["stamp"], change.desired)
+
     def _apply(self, backend, change, result):
         """Validate (check mode) or apply the change's transactions, then record the new state."""
         token = new_token()
         transactions = backend.render(change.desired, change.host, token)
+        # Check mode applies nothing, so no transaction proves a stamp.
+        changing = () if self.check_mode else set(family for transaction in transactions for family in transaction.families)
+        if not backend.stamp_carried(self.run_command, change.host, changing):
+            raise _RecordNotCarried()
         result.update(changed=True, transactions=describe_transactions(transactions),
                       **listed_commands(transactions, self.params.get("result_rules")))
         try:

@@ -86,11 +86,19 @@ class NatBackend(object):
         """
         raise NotImplementedError
 
-    def recorded(self, run_command, record):
+    def recorded(self, run_command, record, deferred=False):
         """HostState of ``record``'s entries (``facts["from_record"]``) when the host still carries the stamp of
         the run that left it (run_record.RunRecord), else None: a read-only look that lists no owned rule.
+
+        ``deferred``: a look that a change proves by itself may be left to ``stamp_carried`` (see there).
         Raises BackendError."""
         raise NotImplementedError
+
+    def stamp_carried(self, run_command, host, changing):
+        """Whether the host carries what ``host`` (from ``recorded(..., deferred=True)``) took on trust, but for the
+        families ``changing``: a transaction that changes a family proves its stamp itself (it fails when the host
+        does not carry it). Raises BackendError."""
+        return True
 
     def parse(self, outputs):
         """HostState from {family: the text of one list command} (offline; state parsed)."""

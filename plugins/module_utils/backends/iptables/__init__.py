@@ -106,28 +106,41 @@ class IptablesBackend(NatBackend):
             state.facts["counters"] = dict(item for family in FAMILIES for item in rule_counters(owned[family]).items())
         return state
 
-    def recorded(self, run_command, record):
-        chains = self._marked_chains(run_command, record)
-        return None if chains is None else HostState(list(record.entries), self._recorded_facts(record.entries, chains, record.stamp))
-
-    def _marked_chains(self, run_command, record):
-        """{family: owned chains} when the host carries ``record``'s stamp, else None."""
+    def recorded(self, run_command, record, deferred=False):
         if self.nft:
             chains = listed_chains(run_listing(run_command, [self.nft] + LIST_CHAINS_ARGV[1:], "nft chains"), "nat")
-            return chains if marker_stamp(chains) == record.stamp else None
-        markers = stamp_markers(record.stamp)
-        if markers is None:
-            return None
-        chains = {}
-        for family, token in markers.items():
-            if token:
-                save = self.binaries[family][0]
-                # The plain tool sits next to its save tool (iptables-legacy-save, iptables-legacy).
-                rc, dummy, dummy = run_command([save[:-len("-save")], "-w", "-t", "nat", "-S", marker_chain(token)])
-                if rc != 0:
-                    return None
-                chains[family] = list(chain_lines([entry for entry in record.entries if entry.family == family])) + [marker_chain(token)]
-        return chains
+            if marker_stamp(chains) != record.stamp:
+                return None
+            markers = {}
+        else:
+            markers = stamp_markers(record.stamp)
+            if markers is None:
+                return None
+            markers = dict((family, token) for family, token in markers.items() if token)
+            if not deferred and not self._carries_markers(run_command, markers):
+                return None
+            # The owned chains are those the recorded entries make, and the family's marker.
+            chains = dict((family, list(chain_lines([entry for entry in record.entries if entry.family == family])) + [marker_chain(token)])
+                          for family, token in markers.items())
+        facts = self._recorded_facts(record.entries, chains, record.stamp)
+        facts["deferred_markers"] = markers if deferred else {}
+        return HostState(list(record.entries), facts)
+
+    def stamp_carried(self, run_command, host, changing):
+        # A family's change deletes its recorded marker with -X (never declared first, see lines.py), which fails
+        # the whole transaction when the host does not carry it.
+        deferred = host.facts.get("deferred_markers") or {}
+        return self._carries_markers(run_command, dict((family, token) for family, token in deferred.items() if family not in changing))
+
+    def _carries_markers(self, run_command, markers):
+        """Whether each family's nat table holds its marker chain ({family: token}): one ``iptables -S <marker>``
+        each, which prints one chain (the plain tool sits next to its save tool: iptables-legacy-save, iptables-legacy)."""
+        for family, token in sorted(markers.items()):
+            save = self.binaries[family][0]
+            rc, dummy, dummy = run_command([save[:-len("-save")], "-w", "-t", "nat", "-S", marker_chain(token)])
+            if rc != 0:
+                return False
+        return True
 
     @staticmethod
     def _recorded_facts(entries, chains, stamp):

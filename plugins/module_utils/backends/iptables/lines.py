@@ -258,8 +258,11 @@ def full_script(desired, facts, token=None):
     if not used_chains and not stale_chains and not any(facts["jumps"].values()):
         return None
     # Declaring a chain under --noflush creates it or flushes it (both variants); stale chains are
-    # flushed too so that -X succeeds even when they reference each other.
-    script = ["*nat"] + [":%s - [0:0]" % chain for chain in used_chains + stale_chains + marker]
+    # flushed too so that -X succeeds even when they reference each other. A stale marker is flushed with -F,
+    # which fails when it is not there: a change from the run record proves that the host carried it.
+    stale_markers = [chain for chain in stale_chains if chain.startswith(MARKER_PREFIX)]
+    declared = [chain for chain in used_chains + stale_chains + marker if chain not in stale_markers]
+    script = ["*nat"] + [":%s - [0:0]" % chain for chain in declared] + ["-F %s" % chain for chain in stale_markers]
     kept_jumps = set()
     for builtin, jumps in sorted(facts["jumps"].items()):
         hook = builtin.lower()
@@ -287,7 +290,7 @@ def delta_script(current, desired, markers=(), token=None, owned_chains=None):
     New and changed segments are declared (created or flushed) and filled, segments no longer used go;
     a hook chain's own lines change by a line-level diff (a change of one rule touches that rule's lines
     wherever they are). An empty change gives the empty string. A change with a ``token`` also replaces
-    the family's marker chains (``markers``) by this run's.
+    the family's marker chains (``markers``) by this run's: deleting one that is not there fails the change.
     """
     current_lines, desired_lines = chain_lines(current), chain_lines(desired)
     hooks = [OWNED_CHAINS[hook] for hook in CHAINS]

@@ -97,7 +97,7 @@ class NftBackend(NatBackend):
         facts.update(unrecognized=unrecognized, counters=counters)
         return HostState(entries, facts)
 
-    def recorded(self, run_command, record):
+    def recorded(self, run_command, record, deferred=False):
         facts = self._marker_facts(run_command)
         if facts["stamp"] is None or record.stamp != facts["stamp"] or set(entry.family for entry in record.entries) != facts["tables"]:
             return None
