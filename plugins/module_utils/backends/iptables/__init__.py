@@ -15,7 +15,9 @@ rules, the kernel walking its rules; iptables-legacy-save and the parse of its t
   chain of both families in milliseconds;
 - otherwise (iptables-legacy, or iptables-nft without nft) ``iptables -S NODENET-RUN-<token>`` looks
   up each recorded marker: legacy hands the table over in one piece (0.2 s at 100 000 rules) and
-  the command prints one chain; the owned chains are then those the recorded entries make.
+  the command prints one chain; the owned chains are then those the recorded entries make. A change
+  goes without that look for the families it changes (``stamp_carried``): its transaction deletes the
+  recorded marker, which fails it as a whole when the host does not carry it.
 
 The trust this takes is the nft backend's: a hand edit of the owned rules that leaves the marker is
 not seen by nat_rules until a change fails to apply (lines go by their text, so a changed line that
