@@ -109,11 +109,15 @@ REPEATS = 3
 
 
 def step_configs(count):
-    """The steps in order; the no-op and the one-service change (there and back) are repeated for a median."""
+    """[(step, config)] in order, every step REPEATS times for a median: the no-op, the one-service change (there,
+    back, there again), the removal and the first run. A step None only brings the host back for the next one
+    (the removed service again, or nothing at all before another first run) and is not measured."""
     changed, unchanged = services(count, moved=count // 2), services(count)
+    last = changed if REPEATS % 2 else unchanged
     return ([("first run", unchanged)] + [("no-op", unchanged)] * REPEATS
             + [("one changed", changed if index % 2 == 0 else unchanged) for index in range(REPEATS)]
-            + [("one removed", (changed if REPEATS % 2 else unchanged)[:-1])])
+            + [("one removed", last[:-1]), (None, last)] * (REPEATS - 1) + [("one removed", last[:-1])]
+            + [(None, []), ("first run", unchanged)] * (REPEATS - 1))
 
 
 # ---------------------------------------------------------------------------- convergence
@@ -197,7 +201,9 @@ def measure_convergence(backend, count, workdir):
         for index, (step, config) in enumerate(step_configs(count)):
             if index % REPEATS == 0:
                 floors.append(ansible_seconds(namespace, workdir, TEXT_FLOOR_TASK, as_text(services(count))))
-            samples.setdefault(step, []).append(ansible_seconds(namespace, workdir, NAT_RULES_TASK % backend, as_text(config)))
+            seconds = ansible_seconds(namespace, workdir, NAT_RULES_TASK % backend, as_text(config))
+            if step is not None:
+                samples.setdefault(step, []).append(seconds)
         floor = statistics.median(floors)
         figures = dict((step, {"ansible": statistics.median(values) - floor}) for step, values in samples.items())
         # A no-op with the rules as a list variable (the rules the last step left), above its own floor: what ansible costs to walk them.
@@ -214,7 +220,8 @@ def measure_convergence(backend, count, workdir):
         for step, config in step_configs(count):
             result, seconds, rss = module_run(namespace, workdir, {"backend": backend, "state": "overridden", "config": config})
             assert result["changed"] == (step != "no-op"), (step, result.get("summary"))
-            samples.setdefault(step, []).append((seconds, rss))
+            if step is not None:
+                samples.setdefault(step, []).append((seconds, rss))
         result, auto_seconds, dummy = module_run(namespace, workdir, {"backend": "auto", "state": "overridden", "config": config})
         assert not result["changed"] and result["backend"] == backend, result.get("backend_reason")
     finally:
@@ -396,7 +403,7 @@ def report(convergence, builtin_per_rule, latency, started, seconds, machine):
         "no-op with `backend: auto` (the default); **module** the module's own "
         "wall time and **RSS** its peak resident memory, the module file run directly on the same arguments; **raw** the "
         "backend's own tool applying the module's first-run script. The no-op and the one-service change (there, back, "
-        "there again) run %d times each and give their median; the first run and the removal run once." % (REPEATS, REPEATS),
+        "there again), the removal and the first run (on a host emptied again) run %d times each and give their median." % (REPEATS, REPEATS),
         "",
         "| backend | N | floor s | step | ansible s | module s | RSS MiB | raw s |",
         "|---|---:|---:|---|---:|---:|---:|---:|",
