@@ -598,6 +598,26 @@ def test_iptables_host_that_lost_its_rules_behind_the_record_is_read_and_converg
     assert not converge(wanted)["changed"]
 
 
+@pytest.mark.parametrize("case", sorted(_RECORD_RUNS))
+def test_iptables_family_a_change_leaves_alone_is_still_checked(netns, store, case):
+    """A change proves the markers of the families it changes only: IPv6 rules flushed by hand behind the record
+    are seen when only an IPv4 rule changes (its marker looked up), and the run reads in full and puts them back."""
+    backend, dummy, tool = _record_run_backend(case)
+    ip6tool = tool.replace("iptables", "ip6tables")
+
+    def converge(config):
+        return NatRulesRun(_params("overridden", config, backend=backend.name), FakeHost(netns.run), lambda requested: (backend, "test"),
+                           offline_backend, store).run()
+
+    converge(_services(2) + [EGRESS6])
+    for argv in (["-F"], ["-X"]):
+        rc, dummy, err = netns.run([ip6tool, "-w", "-t", "nat"] + argv)
+        assert rc == 0, err
+    result = converge(_services(1) + _services(2, port=81)[1:] + [EGRESS6])
+    assert result["summary"]["changed"] == ["svc-2"] and result["summary"]["added"] == ["egress6"]
+    assert sorted(entry.name for entry in backend.read(netns.run).entries) == ["egress6", "svc-1", "svc-2"]
+
+
 @pytest.mark.parametrize("backend_name", sorted(_REAL_BACKEND_BINARIES))
 def test_auto_keeps_the_backend_whose_run_record_the_host_carries_without_listing_rulesets(netns, store, backend_name):
     """auto detection lists every table of both iptables variants (seconds at tens of thousands of rules); a run
