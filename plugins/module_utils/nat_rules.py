@@ -407,14 +407,15 @@ class NatRulesRun(object):
                 change = self._compute(backend, state, config, backend.read(self.run_command))
             try:
                 self._converge(backend, change, result)
-            except _RecordNotCarried:
-                change = self._compute(backend, state, config, backend.read(self.run_command))
-                self._converge(backend, change, result)
-            except NatRulesError:
-                if not change.host.facts.get("from_record") or self.check_mode:
+            except (_RecordNotCarried, NatRulesError) as error:
+                if isinstance(error, NatRulesError) and (not change.host.facts.get("from_record") or self.check_mode):
                     raise
-                # The host no longer holds what the record says (a hand edit kept the stamp):
-                # read it in full and try once more.
+                # The host does not hold what the record says (a flush, or a hand edit that kept the stamp): read
+                # it in full and converge once more. auto kept the backend for its record: it selects again first.
+                if self.params["backend"] == "auto":
+                    self.store.forget(backend.name)
+                    backend, reason = self._selected("auto")
+                    result.update(backend=backend.name, backend_reason=reason)
                 change = self._compute(backend, state, config, backend.read(self.run_command))
                 self._converge(backend, change, result)
             if self.after_change is not None:
@@ -443,16 +444,24 @@ class NatRulesRun(object):
             [(backend, host)] = recorded
             reason = "%s holds this collection's rules as its last run left them (run record); kept it" % backend.name
         else:
-            try:
-                backend, reason = self.select_backend(requested)
-            except BackendUnavailable as error:
-                raise NatRulesError(str(error))
+            backend, reason = self._selected(requested)
             host = None
         return backend, dict(changed=False, backend=backend.name, backend_reason=reason), host
 
+    def _selected(self, requested):
+        """(backend, why) as select_backend gives them; raises NatRulesError."""
+        try:
+            return self.select_backend(requested)
+        except BackendUnavailable as error:
+            raise NatRulesError(str(error))
+
     def _recorded_backends(self):
-        """[(backend, HostState)] of the installed backends whose run record, with rules, the host still carries."""
-        recorded = []
+        """[(backend, HostState)] of the installed backends whose run record, with rules, the host still carries.
+
+        When one backend only has such a record, looks at its stamp that a change makes by itself are deferred, as
+        with the backend named (_recorded_or_read): should the host not carry it, _online selects again.
+        """
+        records = []
         for name in [choice for choice in BACKEND_CHOICES if choice != "auto"]:
             record = self.store.load(name)
             if record is None or not record.entries:
@@ -461,7 +470,10 @@ class NatRulesRun(object):
                 backend, dummy = self.select_backend(name)
             except BackendUnavailable:
                 continue
-            host = backend.recorded(self.run_command, record)
+            records.append((backend, record))
+        recorded = []
+        for backend, record in records:
+            host = backend.recorded(self.run_command, record, deferred=len(records) == 1)
             if host is not None:
                 recorded.append((backend, host))
         return recorded

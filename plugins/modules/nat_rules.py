@@ -13,7 +13,7 @@ description:
     network resource modules (O(state=merged), V(replaced), V(overridden), V(deleted), V(gathered), V(rendered), V(parsed)).
   - "Owned objects: with nft, the tables C(ip nodenet_nat) and C(ip6 nodenet_nat); with iptables, the chains
     C(NODENET-PREROUTING), C(NODENET-INPUT), C(NODENET-OUTPUT), C(NODENET-POSTROUTING) of table C(nat) and one jump rule
-    to each from its built-in chain (on iptables-nft also an empty marker chain C(NODENET-RUN-<token>), see the run record).
+    to each from its built-in chain (and an empty marker chain C(NODENET-RUN-<token>), see the run record).
     An owned chain of more than 2048 lines is split into segment chains C(NODENET-PRE-<digest>) (C(IN), C(OUT), C(POST))
     that it jumps to in order, so that a change rewrites only the segments it touches. Rules of other tools (kube-proxy,
     docker, firewalld, people) are never modified or removed."

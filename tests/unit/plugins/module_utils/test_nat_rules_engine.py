@@ -645,6 +645,38 @@ def test_auto_keeps_the_backend_whose_run_record_the_host_carries_without_listin
     assert [command for command in commands if command.endswith("-save")]
 
 
+def test_auto_selects_again_when_the_host_lost_the_rules_of_its_record(netns, store):
+    """auto keeps iptables-legacy for its record and leaves the marker to the change; the host lost the rules (a
+    flush by hand), so the change fails whole, the record is forgotten and detection chooses as on a new host."""
+    binaries = _REAL_BACKEND_BINARIES["iptables-legacy"]
+    if not all(shutil.which(binary) for binary in binaries):
+        pytest.skip("needs %s" % ", ".join(binaries))
+    commands = []
+
+    def runner(argv, data=None):
+        outcome = netns.run(argv, data)
+        commands.append((os.path.basename(argv[0]), outcome[0]))
+        return outcome
+
+    def converge(config, backend):
+        del commands[:]
+        return NatRulesRun(_params("overridden", config, backend=backend), FakeHost(runner, which=shutil.which),
+                           lambda requested: select_backend(requested, runner, shutil.which), offline_backend, store).run()
+
+    converge(_services(3), "iptables-legacy")
+    for argv in (["-F"], ["-X"]):
+        rc, dummy, err = netns.run(["iptables-legacy", "-w", "-t", "nat"] + argv)
+        assert rc == 0, err
+    result = converge(_services(2), "auto")
+    assert commands[0] == ("iptables-legacy-restore", 1) and "run record" not in result["backend_reason"]
+    backend, dummy = select_backend(result["backend"], netns.run, shutil.which)
+    assert sorted(entry.name for entry in backend.read(netns.run).entries) == ["svc-1", "svc-2"]
+    again = converge(_services(2), "auto")
+    assert not again["changed"] and again["backend"] == result["backend"] and "run record" in again["backend_reason"]
+    if result["backend"] != "iptables-legacy":
+        assert store.load("iptables-legacy") is None
+
+
 @pytest.mark.parametrize("case", sorted(_RECORD_RUNS))
 def test_iptables_line_deleted_by_hand_behind_the_record_is_repaired_by_a_full_read(netns, store, case):
     """The marker stays when a line is deleted by hand; the next change deletes lines by their text, so the line
