@@ -400,9 +400,9 @@ class NatRulesRun(object):
             result["gathered"] = [entry_params(entry) for entry in canonical_order(host.entries) if in_scope(entry, self.scope)]
             return result
         with self.store:
-            backend, result, host = self._select()
+            backend, result, recorded_host = self._select()
             result.update(commands=[], transactions=[])
-            change = self._compute(backend, state, config, host if host is not None else self._recorded_or_read(backend))
+            change = self._compute(backend, state, config, recorded_host if recorded_host is not None else self._recorded_or_read(backend))
             if change.needed and backend.needs_full_read(change.desired, change.host):
                 change = self._compute(backend, state, config, backend.read(self.run_command))
             try:
@@ -411,8 +411,9 @@ class NatRulesRun(object):
                 if isinstance(error, NatRulesError) and (not change.host.facts.get("from_record") or self.check_mode):
                     raise
                 # The host does not hold what the record says (a flush, or a hand edit that kept the stamp): read
-                # it in full and converge once more. auto kept the backend for its record: it selects again first.
-                if self.params["backend"] == "auto":
+                # it in full and converge once more. When auto kept the backend for its record (not by detection,
+                # which would only list every table again), it selects again first.
+                if recorded_host is not None:
                     self.store.forget(backend.name)
                     backend, reason = self._selected("auto")
                     result.update(backend=backend.name, backend_reason=reason)
