@@ -28,6 +28,7 @@ from ansible.plugins.action import ActionBase
 from ansible.plugins.connection import ConnectionBase
 from ansible.utils.display import Display
 from ansible.utils.vars import merge_hash
+from ansible_collections.nodenet.nat.plugins.module_utils.gc_pause import gc_paused
 
 display = Display()
 
@@ -84,7 +85,10 @@ class ActionModule(ActionBase):
         del tmp
         # As ansible's normal action: an async task's wrapper removes the temporary directory when the job ends.
         wrap_async = bool(self._task.async_val) and not self._connection.has_native_async
-        result = merge_hash(result, self._execute_module(module_args=self._module_args(), task_vars=task_vars, wrap_async=wrap_async))
+        # Building the module parses every module_utils file it imports; with the play's variables in this worker, the
+        # collector's passes over them cost more than the parsing (0.1 s for JSON text, 0.5 s for a list at 10 000 rules).
+        with gc_paused():
+            result = merge_hash(result, self._execute_module(module_args=self._module_args(), task_vars=task_vars, wrap_async=wrap_async))
         if not wrap_async:
             self._remove_tmp_path(self._connection._shell.tmpdir)
         rollback = result.get("rollback")

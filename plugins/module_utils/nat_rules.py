@@ -14,8 +14,6 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import binascii
-import contextlib
-import gc
 import json
 import os
 import re
@@ -28,6 +26,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.model import CHAINS, F
 from ansible_collections.nodenet.nat.plugins.module_utils.model.params import rule_from_params, rule_names
 from ansible_collections.nodenet.nat.plugins.module_utils import flows
 from ansible_collections.nodenet.nat.plugins.module_utils.commands import ModuleFailure
+from ansible_collections.nodenet.nat.plugins.module_utils.gc_pause import gc_paused
 from ansible_collections.nodenet.nat.plugins.module_utils.persistence import persist
 from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordError, RecordStore
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlError
@@ -83,20 +82,6 @@ def canonical_order(rules):
     if all(first <= second for first, second in zip(ranks, ranks[1:])):
         return list(rules)
     return [rule for dummy_rank, dummy_index, rule in sorted(zip(ranks, range(len(ranks)), rules))]
-
-
-@contextlib.contextmanager
-def gc_paused():
-    """Pause the cyclic garbage collector: a run builds hundreds of thousands of acyclic objects, and
-    each automatic collection walks all of them (most of the run's time at 50k rules); reference
-    counting still frees everything."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def merge_params(existing, params):
