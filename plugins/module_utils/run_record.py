@@ -17,7 +17,8 @@ A run that changes a few entries of a recorded ruleset writes a journal beside t
 the whole record again (at 50 000 rules the record is 23 MB; writing it is a tenth of a second or
 two): every name in order, the entries that differ from the record, the new stamp, and the id of
 the record it applies to. A journal with another id (the record written again since) is not used.
-Once a journal holds more than a JOURNAL_SHARE-th of the entries, the record is written whole.
+Once the entries added, changed or removed since the record come to a JOURNAL_SHARE-th of its
+entries, the record is written whole.
 
 The directory is under /run: it goes away at boot, as the kernel's rules do. It is per network
 namespace, so that runs against several namespaces of one machine (tests, containers sharing
@@ -43,7 +44,7 @@ RECORD_ROOT = "/run/nodenet-nat"
 # Bump when a backend's compiled form or the files' layout changes: records of another version are not used.
 RECORD_VERSION = 3
 LOCK_TIMEOUT = 300
-# A change of at most one entry in JOURNAL_SHARE (since the record was written whole) goes into the journal.
+# While fewer than one entry in JOURNAL_SHARE of the record differs (added, changed, removed since), a run writes the journal.
 JOURNAL_SHARE = 8
 _LOCK_POLL = 0.1
 
@@ -136,8 +137,11 @@ class RecordStore(object):
         loaded (or written) last, else whole. A failure only costs the next run a full read."""
         record_id, by_name = self._records.get(backend_name, (None, {}))
         changed = [entry for entry in entries if by_name.get(entry.name) is not entry]
+        # Entries new or changed since the record, and the record's entries gone since: what a journal would
+        # carry, or what a load would read for nothing.
+        differences = len(changed) + len(by_name) - sum(1 for entry in entries if entry.name in by_name)
         try:
-            if record_id is not None and len(changed) * JOURNAL_SHARE <= len(entries):
+            if record_id is not None and differences * JOURNAL_SHARE < len(by_name):
                 journal = dict(version=RECORD_VERSION, record=record_id, stamp=stamp,
                                names=[entry.name for entry in entries], entries=[_fields(entry) for entry in changed])
                 write_file_atomic(self._path(backend_name, "journal"), marshal.dumps(journal, 4), mode=0o600)
