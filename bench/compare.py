@@ -79,8 +79,8 @@ def main():
         print("%s, %d services, %s: %d runs each, floor %.2f s (median of %s)"
               % (args.backend, args.count, args.step, args.runs, floor, " ".join("%.2f" % value for value in floors)))
         for side in sides:
-            print("%-12s above the floor %.2f s (runs: %s)" % (side["revision"], statistics.median(side["seconds"]) - floor,
-                                                              " ".join("%.2f" % value for value in side["seconds"])))
+            runs = " ".join("%.2f" % value for value in side["seconds"])
+            print("%-12s above the floor %.2f s (runs: %s)" % (side["revision"], statistics.median(side["seconds"]) - floor, runs))
     finally:
         for namespace in namespaces:
             namespace.close()

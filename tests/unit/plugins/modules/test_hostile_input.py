@@ -68,9 +68,10 @@ def node(monkeypatch, tmp_path):
     monkeypatch.setattr(commands.AnsibleModule, "get_bin_path", lambda module, name, *args, **kwargs: "/usr/sbin/" + name)
     monkeypatch.setattr(nat_rules_utils, "RecordStore", lambda: RecordStore(str(tmp_path / "run")))
     root = str(tmp_path / "root")
-    for key in ("net.ipv4.ip_forward", "net.ipv4.conf.eth0.forwarding", "net.ipv4.conf.eth0.rp_filter",
-                "net.netfilter.nf_conntrack_max"):
-        path = sysctl.key_path(root, key)
+    # What a node with nf_conntrack loaded has, so that a value an option accepts (" 80", for max) converges.
+    keys = ("net.ipv4.ip_forward", "net.ipv4.conf.eth0.forwarding", "net.ipv4.conf.eth0.rp_filter", "net.netfilter.nf_conntrack_max")
+    paths = [sysctl.key_path(root, key) for key in keys]
+    for path in paths + [sysctl.host_path(root, conntrack_utils.HASHSIZE_PATH)]:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "w") as handle:
             handle.write("0\n")
