@@ -13,9 +13,7 @@ and compiling it again, which is what keeps a run over tens of thousands of unch
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import binascii
 import json
-import os
 import re
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import BackendError, HostState, content, entry_params
@@ -28,7 +26,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils import flows
 from ansible_collections.nodenet.nat.plugins.module_utils.commands import ModuleFailure
 from ansible_collections.nodenet.nat.plugins.module_utils.gc_pause import gc_paused
 from ansible_collections.nodenet.nat.plugins.module_utils.persistence import persist
-from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordError, RecordStore
+from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordError, RecordStore, new_token
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlError
 
 ACTION_STATES = ("merged", "replaced", "overridden", "deleted")
@@ -258,11 +256,6 @@ def running_config_family(text):
     if re.search(r"ip6tables(-nft|-legacy)?-save", text) or re.search(r'"family"\s*:\s*"ip6"', text):
         return "ipv6"
     return "ipv4"
-
-
-def new_token():
-    """A token naming one run (nft puts it in the owned tables' marker chain)."""
-    return binascii.hexlify(os.urandom(8)).decode("ascii")
 
 
 class _Change(object):

@@ -33,10 +33,10 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import
 from ansible_collections.nodenet.nat.plugins.module_utils.model import RuleError
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import (
     ACTION_STATES, ARGUMENT_SPEC as ENGINE_ARGUMENT_SPEC, MODULE_OPTIONS, NatRulesError, NatRulesRun, canonical_order,
-    describe_transactions, invocation, new_token, offline_backend, run_nat_rules as run_engine, script_lines,
+    describe_transactions, invocation, offline_backend, run_nat_rules as run_engine, script_lines,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.persistence import persist
-from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordStore
+from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RecordStore, new_token
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlError, write_file_atomic
 
 __all__ = ["ARGUMENT_SPEC", "MODULE_OPTIONS", "run_nat_rules"]

@@ -29,8 +29,8 @@ write; a record this Python cannot read is simply not used.
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
-import collections
 import binascii
+import collections
 import errno
 import fcntl
 import marshal
@@ -49,6 +49,11 @@ JOURNAL_SHARE = 8
 _LOCK_POLL = 0.1
 
 RunRecord = collections.namedtuple("RunRecord", ["stamp", "entries"])
+
+
+def new_token():
+    """A random token: one names a run (nft puts it in the owned tables' marker chain), one a record written whole."""
+    return binascii.hexlify(os.urandom(8)).decode("ascii")
 
 
 class RecordError(Exception):
@@ -146,7 +151,7 @@ class RecordStore(object):
                                names=[entry.name for entry in entries], entries=[_fields(entry) for entry in changed])
                 write_file_atomic(self._path(backend_name, "journal"), marshal.dumps(journal, 4), mode=0o600)
                 return
-            record_id = binascii.hexlify(os.urandom(8)).decode("ascii")
+            record_id = new_token()
             data = dict(version=RECORD_VERSION, id=record_id, stamp=stamp, entries=[_fields(entry) for entry in entries])
             write_file_atomic(self._path(backend_name), marshal.dumps(data, 4), mode=0o600)
             self._remove(backend_name, "journal")
