@@ -127,9 +127,9 @@ class RecordStore(object):
             return None
         try:
             journal = self._read(backend_name, "journal")
-        except (OSError, ValueError, EOFError):
+        except (OSError, ValueError, EOFError, AttributeError):
             journal = None
-        if not isinstance(journal, dict) or journal.get("record") != data["id"]:
+        if journal is None or journal.get("record") != data["id"]:
             return RunRecord(data["stamp"], entries)
         try:
             changed = dict((fields[0], RuleEntry(*fields)) for fields in journal["entries"])

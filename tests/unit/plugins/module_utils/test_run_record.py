@@ -5,8 +5,11 @@
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import marshal
 import os
 import shutil
+
+import pytest
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import RuleEntry
 from ansible_collections.nodenet.nat.plugins.module_utils.run_record import JOURNAL_SHARE, RecordStore
@@ -92,7 +95,8 @@ def test_journal_of_another_record_is_not_used(tmp_path):
     assert (loaded.stamp, loaded.entries) == ("stamp-3", _entries(20))
 
 
-def test_unreadable_journal_gives_the_record_and_its_own_stamp(tmp_path):
+@pytest.mark.parametrize("damage", ["truncated", "not a dict"])
+def test_unreadable_journal_gives_the_record_and_its_own_stamp(tmp_path, damage):
     """Never a mixture: the record's stamp is older than the host's, so the run reads the host in full."""
     directory = str(tmp_path)
     _journaled(directory)
@@ -100,7 +104,7 @@ def test_unreadable_journal_gives_the_record_and_its_own_stamp(tmp_path):
     with open(journal, "rb") as handle:
         data = handle.read()
     with open(journal, "wb") as handle:
-        handle.write(data[:len(data) // 2])
+        handle.write(data[:len(data) // 2] if damage == "truncated" else marshal.dumps(["stamp-2"], 4))
     dummy, loaded = _next_run(directory)
     assert (loaded.stamp, loaded.entries) == ("stamp-1", _entries(40))
 
