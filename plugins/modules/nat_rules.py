@@ -223,7 +223,8 @@ options:
   result_rules:
     description:
       - How much of the ruleset the result lists. V(summary) gives RV(summary) only - counts, and the names of the rules
-        the task adds, removes or changes - so that a run over ten thousand rules does not echo them. V(changed) adds
+        the task adds, removes or changes, up to 1000 names - so that a run over ten thousand rules does not echo them.
+        V(changed) lists every name there and adds
         RV(before) and RV(after) with those rules in full; V(all) lists every owned rule in O(scope) there, as resource
         modules do.
       - The diff (C(--diff)) shows the rules that change, whatever this says.
@@ -461,6 +462,9 @@ summary:
   description:
     - How many owned rules (in O(scope)) there were before and after the task, the names of those it added, removed and
       changed, and the families that have rules after it.
+    - With O(result_rules=summary) (the default), more than 1000 names in all (a first run over thousands of rules) are
+      not listed; RV(summary.added), RV(summary.removed) and RV(summary.changed) are then empty and RV(summary.omitted)
+      gives how many each would list. V(changed) and V(all) list them.
   returned: when O(state) is merged, replaced, overridden or deleted
   type: dict
   sample: {before: 10000, after: 10000, added: [], removed: [], changed: [svc-42], families: [ipv4]}
@@ -487,6 +491,11 @@ summary:
       description: The IP families that have rules (in O(scope)) after the task.
       type: list
       elements: str
+    omitted:
+      description: How many names RV(summary.added), RV(summary.removed) and RV(summary.changed) would list (see above).
+      returned: when they are not listed
+      type: dict
+      sample: {added: 10000, removed: 0, changed: 0}
 transactions:
   description:
     - The transactions behind RV(commands) (RV(rendered) for O(state=rendered)) - one for both families with nft, one per

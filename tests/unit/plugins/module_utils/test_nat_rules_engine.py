@@ -243,6 +243,23 @@ def test_result_lists_rules_as_result_rules_asks():
     assert len(everything["before"]) == len(everything["after"]) == 3
 
 
+def test_more_than_a_thousand_names_are_counted_not_listed_unless_the_rules_are_asked_for():
+    egress = [dict(EGRESS, name="egress-%d" % index) for index in range(1001)]
+    first = _run(FakeNode(), "overridden", egress, result_rules="summary")
+    assert first["summary"] == dict(before=0, after=1001, added=[], removed=[], changed=[], omitted=dict(added=1001, removed=0, changed=0),
+                                    families=["ipv4"])
+    listed = _run(FakeNode(), "overridden", egress, result_rules="changed")
+    assert listed["summary"]["added"] == [rule["name"] for rule in egress] and "omitted" not in listed["summary"]
+    # A thousand names in all are listed.
+    host = FakeNode(*egress)
+    changed = [dict(rule, random_fully=False) for rule in egress[:500]]
+    moved = _run(host, "merged", changed + [dict(EGRESS, name="other-%d" % index) for index in range(500)], result_rules="summary")
+    assert len(moved["summary"]["changed"]) == 500 and len(moved["summary"]["added"]) == 500 and moved["summary"]["removed"] == []
+    assert "omitted" not in moved["summary"]
+    emptied = _run(host, "overridden", [], result_rules="summary")
+    assert emptied["summary"]["omitted"] == dict(added=0, removed=1501, changed=0) and emptied["summary"]["removed"] == []
+
+
 def test_check_mode_runs_only_checks_and_predicts_after():
     host = FakeNode(EGRESS)
     before_state = dict(host.state)
