@@ -4,7 +4,8 @@
 
 The machine moves too much from one run to the next to compare a figure with one measured an hour
 before; this runs both revisions in turn (ABBA order), each in its own network namespace (its own run
-record), and gives each revision's median above the floor measured between them:
+record), each run above a floor run just before it (bench/scale.py's above_floor), and gives each revision's
+median:
 
     .venv/bin/python bench/compare.py c7b9fa2 HEAD --backend iptables-legacy --count 50000 --step "one changed"
 
@@ -63,7 +64,6 @@ def main():
             scale.ansible_seconds(side["namespace"], side["work"], task, base)
         floors = []
         for round_index in range(args.runs):
-            floors.append(scale.ansible_seconds(sides[0]["namespace"], sides[0]["work"], scale.TEXT_FLOOR_TASK, base))
             for side in (sides if round_index % 2 == 0 else sides[::-1]):
                 _use(side["collections"])
                 if args.step == "first run":
@@ -73,14 +73,14 @@ def main():
                     variables = moved if side["runs"] % 2 == 0 else base
                 else:
                     variables = base
-                side["seconds"].append(scale.ansible_seconds(side["namespace"], side["work"], task, variables))
+                side["seconds"].append(scale.above_floor(side["namespace"], side["work"], task, variables, scale.TEXT_FLOOR_TASK, base, floors))
                 side["runs"] += 1
         floor = statistics.median(floors)
         print("%s, %d services, %s: %d runs each, floor %.2f s (median of %s)"
               % (args.backend, args.count, args.step, args.runs, floor, " ".join("%.2f" % value for value in floors)))
         for side in sides:
             runs = " ".join("%.2f" % value for value in side["seconds"])
-            print("%-12s above the floor %.2f s (runs: %s)" % (side["revision"], statistics.median(side["seconds"]) - floor, runs))
+            print("%-12s above the floor %.2f s (runs: %s)" % (side["revision"], statistics.median(side["seconds"]), runs))
     finally:
         for namespace in namespaces:
             namespace.close()

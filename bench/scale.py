@@ -4,8 +4,8 @@
 
 1. Converging N NodePort-shaped services (one DNAT rule each, two endpoints) with one
    ``nodenet.nat.nat_rules`` task (``state: overridden``), per backend: the first run, a no-op, one
-   service changed, one removed. Wall time of ``ansible-playbook`` minus the floor (the same playbook
-   and vars with a ``debug`` task instead), the module's own time and peak RSS (the module file run
+   service changed, one removed. Wall time of ``ansible-playbook`` minus that of a floor run just before
+   it (the same playbook and vars with a ``debug`` task instead), the module's own time and peak RSS (the module file run
    directly on the same arguments), and the raw ``nft -f`` / ``iptables-restore`` of the module's
    own first-run script.
 2. ``ansible.builtin.iptables`` in a loop over 100 such rules: the per-rule cost it is compared with.
@@ -105,12 +105,12 @@ def services(count, moved=None):
             for index in range(count)]
 
 
-REPEATS = 3
+REPEATS = 5
 
 
 def step_configs(count):
     """[(step, config)] in order, every step REPEATS times for a median: the no-op, the one-service change (there,
-    back, there again), the removal and the first run. A step None only brings the host back for the next one
+    back, there again, ...), the removal and the first run. A step None only brings the host back for the next one
     (the removed service again, or nothing at all before another first run) and is not measured."""
     changed, unchanged = services(count, moved=count // 2), services(count)
     last = changed if REPEATS % 2 else unchanged
@@ -193,25 +193,34 @@ def raw_apply_seconds(namespace, transactions, commands):
     return seconds
 
 
+def above_floor(namespace, workdir, task, variables, floor_task, floor_variables, floors):
+    """Seconds of ``task`` above its floor run just before it (appended to ``floors``): the machine drifts by tenths of
+    a second within minutes, and a floor measured beside each run takes the drift out of the difference."""
+    floors.append(ansible_seconds(namespace, workdir, floor_task, floor_variables))
+    return ansible_seconds(namespace, workdir, task, variables) - floors[-1]
+
+
 def measure_convergence(backend, count, workdir):
     """{step: {"ansible": s above floor, "module": s, "rss": MiB}} (medians of the repeated steps), plus floor and raw apply seconds."""
     samples, floors = {}, []
+    floor_variables = as_text(services(count))
     namespace = Namespace()
     try:
-        for index, (step, config) in enumerate(step_configs(count)):
-            if index % REPEATS == 0:
-                floors.append(ansible_seconds(namespace, workdir, TEXT_FLOOR_TASK, as_text(services(count))))
-            seconds = ansible_seconds(namespace, workdir, NAT_RULES_TASK % backend, as_text(config))
-            if step is not None:
-                samples.setdefault(step, []).append(seconds)
+        for step, config in step_configs(count):
+            if step is None:
+                ansible_seconds(namespace, workdir, NAT_RULES_TASK % backend, as_text(config))
+                continue
+            samples.setdefault(step, []).append(
+                above_floor(namespace, workdir, NAT_RULES_TASK % backend, as_text(config), TEXT_FLOOR_TASK, floor_variables, floors))
         floor = statistics.median(floors)
-        figures = dict((step, {"ansible": statistics.median(values) - floor}) for step, values in samples.items())
+        figures = dict((step, {"ansible": statistics.median(values)}) for step, values in samples.items())
         # A no-op with the rules as a list variable (the rules the last step left), above its own floor: what ansible costs to walk them.
         last = step_configs(count)[-1][1]
         # The same no-op with backend auto (the module's and the roles' default).
-        figures["no-op"]["ansible auto"] = ansible_seconds(namespace, workdir, NAT_RULES_TASK % "auto", as_text(last)) - floor
-        list_floor = ansible_seconds(namespace, workdir, LIST_FLOOR_TASK, as_list(last))
-        figures["no-op"]["ansible list"] = ansible_seconds(namespace, workdir, LIST_TASK % backend, as_list(last)) - list_floor
+        figures["no-op"]["ansible auto"] = above_floor(namespace, workdir, NAT_RULES_TASK % "auto", as_text(last),
+                                                       TEXT_FLOOR_TASK, floor_variables, [])
+        figures["no-op"]["ansible list"] = above_floor(namespace, workdir, LIST_TASK % backend, as_list(last),
+                                                       LIST_FLOOR_TASK, as_list(last), [])
     finally:
         namespace.close()
     samples = {}
@@ -253,11 +262,11 @@ def measure_builtin_loop(workdir):
 """
     namespace = Namespace()
     try:
-        floor = ansible_seconds(namespace, workdir, LIST_FLOOR_TASK, as_list(services(BUILTIN_RULES)))
-        seconds = ansible_seconds(namespace, workdir, task, as_list(services(BUILTIN_RULES)))
+        variables = as_list(services(BUILTIN_RULES))
+        seconds = above_floor(namespace, workdir, task, variables, LIST_FLOOR_TASK, variables, [])
     finally:
         namespace.close()
-    return (seconds - floor) / BUILTIN_RULES
+    return seconds / BUILTIN_RULES
 
 
 # ---------------------------------------------------------------------------- data plane
@@ -397,13 +406,13 @@ def report(convergence, builtin_per_rule, latency, started, seconds, machine):
         "",
         "N NodePort-shaped services (`destination_type: local`, tcp, one port, two endpoints), one "
         "`nodenet.nat.nat_rules` task with `state: overridden` and the rules as JSON text in a variable (as the module "
-        "documents for big rulesets). **ansible** is the wall time of `ansible-playbook` minus its floor (the same "
-        "playbook and vars with a `debug` task, also given; the median of %d runs spread over the steps); **as a list** "
+        "documents for big rulesets). **ansible** is the wall time of `ansible-playbook` minus that of its floor run just "
+        "before it (the same playbook and vars with a `debug` task; the floor column is the median of them); **as a list** "
         "the same no-op with the rules in a list variable, above the floor of that variable; **backend auto** the same "
         "no-op with `backend: auto` (the default); **module** the module's own "
         "wall time and **RSS** its peak resident memory, the module file run directly on the same arguments; **raw** the "
-        "backend's own tool applying the module's first-run script. The no-op and the one-service change (there, back, "
-        "there again), the removal and the first run (on a host emptied again) run %d times each and give their median." % (REPEATS, REPEATS),
+        "backend's own tool applying the module's first-run script. The no-op and the one-service change (there and back "
+        "in turn), the removal and the first run (on a host emptied again) run %d times each and give their median." % REPEATS,
         "",
         "| backend | N | floor s | step | ansible s | module s | RSS MiB | raw s |",
         "|---|---:|---:|---|---:|---:|---:|---:|",
