@@ -29,6 +29,7 @@ import ipaddress
 import json
 import re
 
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.lines import continues_rules
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_trace.ruleset import TRACE_FAMILY, TRACE_TABLE
 
 OWNED_TABLE = "nodenet_nat"
@@ -224,12 +225,16 @@ def element_comment(map_listing, values):
 
 
 def xtables_comments(save_text, chain):
-    """The comments (or None) of the ``-A CHAIN`` lines of an ``iptables-save`` output, in order."""
+    """The comments (or None) of the ``-A CHAIN`` lines of an ``iptables-save`` output, in order; in the iptables
+    backend's segment chains a line without one is named by the line before it (its rule's first line)."""
     comments = []
     for line in save_text.splitlines():
         if line.startswith("-A %s " % chain):
             found = XT_COMMENT.search(line)
-            comments.append((found.group("quoted") if found.group("quoted") is not None else found.group("plain")) if found else None)
+            if found:
+                comments.append(found.group("quoted") if found.group("quoted") is not None else found.group("plain"))
+            else:
+                comments.append(comments[-1] if comments and continues_rules(chain) else None)
     return comments
 
 

@@ -4,7 +4,8 @@
 
 Reading has two steps. ``owned_objects`` picks the owned chain declarations, the owned chains'
 lines and the jump rules to them out of the listing, a plain text scan. ``parse_owned`` turns the
-owned lines into rules, merging consecutive lines with the same comment back into one rule, and
+owned lines into rules, merging consecutive lines with the same comment back into one rule (in a segment
+chain, a line without a comment belongs to the rule of the line before it), and
 reports as drift whatever is not in the shape lines.py writes (unknown lines, missing or extra
 jumps, chains without rules).
 """
@@ -16,7 +17,8 @@ import itertools
 import shlex
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.lines import (
-    BUILTIN_CHAINS, CHAIN_PREFIX, HOOK_OF_CHAIN, MARKER_PREFIX, OWNED_CHAINS, TARGETS, Line, jump_tokens, jumped_segment, rule_lines,
+    BUILTIN_CHAINS, CHAIN_PREFIX, HOOK_OF_CHAIN, MARKER_PREFIX, OWNED_CHAINS, TARGETS, Line, continues_rules, jump_tokens, jumped_segment,
+    rule_lines,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     CHAINS, FULL_MARK, Endpoint, Mark, PortRange, address_families, make_rule, parse_address, parse_network,
@@ -84,8 +86,9 @@ def rule_counters(owned):
     """{rule name: [packets, bytes]} summed over each rule's lines, of a listing with counters."""
     totals = {}
     for chain, specs in owned.lines.items():
+        name = None
         for spec, counter in zip(specs, owned.counters.get(chain, ())):
-            name = _comment(spec)
+            name = _comment(spec) or (name if continues_rules(chain) else None)
             if name is not None and counter is not None:
                 total = totals.setdefault(name, [0, 0])
                 total[0] += counter[0]
@@ -120,26 +123,30 @@ def parse_owned(family, owned):
 
 
 def _segments_expanded(hook, owned, used):
-    """The lines of a hook chain with each jump to one of its segments replaced by the segment's lines (once)."""
+    """[(line, whether it may continue the rule of the line before it)] of a hook chain, each jump to one of its
+    segments replaced by the segment's lines (once): in a segment, all lines but its first may."""
     specs = []
     for spec in owned.lines.get(OWNED_CHAINS[hook], []):
         target = jumped_segment(hook, spec)
         if target is None or target in used or target not in owned.chains:
-            specs.append(spec)
+            specs.append((spec, False))
         else:
             used.add(target)
-            specs.extend(owned.lines.get(target, []))
+            specs.extend((line, index > 0) for index, line in enumerate(owned.lines.get(target, [])))
     return specs
 
 
 def _parse_chain(family, hook, specs, where, drift):
-    """Rules of one owned chain: consecutive lines with the same comment form one rule."""
-    lines = []
-    for spec in specs:
+    """Rules of one owned chain ([(line, whether it may continue the rule before it)]): consecutive lines with
+    the same comment form one rule."""
+    lines, continued = [], None
+    for spec, continues in specs:
         try:
-            lines.append(_parse_line(family, hook, tokens_of(spec)))
+            lines.append(_parse_line(family, hook, tokens_of(spec), continued if continues else None))
+            continued = lines[-1].rule.name
         except (_Unparsable, ValueError) as error:
             drift.append("%s: cannot read %r (%s)" % (where, spec, error))
+            continued = None
     rules, seen = [], set()
     for name, group in itertools.groupby(lines, key=lambda line: line.rule.name):
         group = list(group)
@@ -187,9 +194,10 @@ def _same_lines(rule, found):
                     for a, b in zip(expected, found)))
 
 
-def _parse_line(family, hook, tokens):
-    """The Line that ``tokens`` (one saved rule without ``-A CHAIN``) stands for."""
-    fields = dict(chain=hook, family=family, name=None, type=None)
+def _parse_line(family, hook, tokens, continued=None):
+    """The Line that ``tokens`` (one saved rule without ``-A CHAIN``) stands for; ``continued``: the name of a line
+    without a comment."""
+    fields = dict(chain=hook, family=family, name=continued, type=None)
     probability = None
     negate = False
     position = 0

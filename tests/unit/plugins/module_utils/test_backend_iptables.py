@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import HostState, content
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import IptablesBackend, UnsupportedRule, lines as iptables_lines
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.save import owned_objects, rule_counters
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     CHAINS_BY_TYPE, CT_STATES, FAMILIES, IN_INTERFACE_CHAINS, OUT_INTERFACE_CHAINS, PROTOCOLS, Endpoint, Mark, PortRange,
     RuleError, make_rule, normalize_ct_states, normalize_networks, normalize_port_ranges,
@@ -490,6 +491,34 @@ def test_a_long_chain_is_segmented_and_a_change_refills_only_its_segment(variant
         outputs, dummy = lab.apply(_services(3), steps)
         assert _segments(outputs["ipv4"]) == []
         assert contents(backend.parse(outputs).entries) == contents(entries(backend, _services(3)))
+
+
+@netns
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_in_a_segment_only_the_first_line_of_a_rule_carries_its_comment(variant, tmp_path):
+    """x_tables keeps 256 bytes of comment in every line: a segment names each rule once, and reads back the same."""
+    backend = IptablesBackend(variant)
+    lab = Netns(backend, tmp_path)
+    two = [Endpoint(addr("10.244.1.1"), 80), Endpoint(addr("10.244.1.2"), 80)]
+    rules = [rule._replace(to_destination=tuple(two), source=(net("198.51.100.0/25"), net("198.51.100.128/25")))
+             for rule in _services(12)]
+    with segments_from(10, spacing=4):
+        outputs, dummy = lab.apply(rules)
+    segment_lines = [line for line in _rule_lines(outputs["ipv4"]) if line.startswith("-A NODENET-PRE-")]
+    assert len(segment_lines) == 12 * 4
+    assert sum("--comment" in line for line in segment_lines) == 12
+    state = backend.parse(outputs)
+    assert contents(state.entries) == contents(entries(backend, rules)) and not state.facts["unrecognized"]
+
+
+def test_counters_of_a_segment_line_without_a_comment_are_its_rules():
+    listing = "\n".join(["*nat", ":NODENET-PREROUTING - [0:0]", ":NODENET-PRE-0123456789ab - [0:0]",
+                         "[1:60] -A NODENET-PREROUTING -j NODENET-PRE-0123456789ab",
+                         '[2:120] -A NODENET-PRE-0123456789ab -m comment --comment "svc" -m statistic --mode random '
+                         '--probability 0.5 -j DNAT --to-destination 10.244.0.1:80',
+                         "[3:180] -A NODENET-PRE-0123456789ab -j DNAT --to-destination 10.244.0.2:80",
+                         "[5:300] -A NODENET-PREROUTING -j DNAT --to-destination 10.244.0.3:80", "COMMIT", ""])
+    assert rule_counters(owned_objects(listing)) == {"svc": [5, 300]}
 
 
 def test_segments_keep_their_bounds_when_rules_elsewhere_come_and_go():

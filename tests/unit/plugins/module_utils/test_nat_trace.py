@@ -146,6 +146,10 @@ def test_xtables_comments_by_position():
     comments = events.xtables_comments(fixture("iptables-nft-nat.save"), "NODENET-PREROUTING")
     assert comments[:2] == ["nodeport-web-np-mark-v4", "nodeport-web-np-clear0-v4"] and len(comments) == 10
     assert events.xtables_comments('-A X -m comment --comment "a b" -j RETURN\n-A X -j RETURN\n', "X") == ["a b", None]
+    # In a segment chain of the iptables backend a line without a comment is the rule's of the line before it.
+    segment = '-A NODENET-PRE-0123456789ab -m comment --comment svc -m statistic --mode random --probability 0.5 -j DNAT ' \
+              '--to-destination 10.244.0.1:80\n-A NODENET-PRE-0123456789ab -j DNAT --to-destination 10.244.0.2:80\n'
+    assert events.xtables_comments(segment, "NODENET-PRE-0123456789ab") == ["svc", "svc"]
 
 
 # ---- a whole run against a recorded node -------------------------------------------------------------------------
