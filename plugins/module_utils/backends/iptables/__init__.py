@@ -113,7 +113,7 @@ class IptablesBackend(NatBackend):
             chains = listed_chains(run_listing(run_command, [self.nft] + LIST_CHAINS_ARGV[1:], "nft chains"), "nat")
             if marker_stamp(chains) != record.stamp:
                 return None
-            markers = {}
+            markers, lines = {}, {}
         else:
             markers = stamp_markers(record.stamp)
             if markers is None:
@@ -121,10 +121,12 @@ class IptablesBackend(NatBackend):
             markers = dict((family, token) for family, token in markers.items() if token)
             if not deferred and not self._carries_markers(run_command, markers):
                 return None
-            # The owned chains are those the recorded entries make, and the family's marker.
-            chains = dict((family, list(chain_lines([entry for entry in record.entries if entry.family == family])) + [marker_chain(token)])
-                          for family, token in markers.items())
+            # The owned chains are those the recorded entries make, and the family's marker; render edits their lines.
+            lines = dict((family, chain_lines([entry for entry in record.entries if entry.family == family])) for family in markers)
+            chains = dict((family, list(lines[family]) + [marker_chain(token)]) for family, token in markers.items())
         facts = self._recorded_facts(record.entries, chains, record.stamp)
+        for family, family_lines in lines.items():
+            facts[family]["lines"] = family_lines
         facts["deferred_markers"] = markers if deferred else {}
         return HostState(list(record.entries), facts)
 
@@ -194,13 +196,13 @@ class IptablesBackend(NatBackend):
                 text = "delete table %s nat\n" % NFT_FAMILIES[family]
                 transactions.append(Transaction((family,), text, [self.nft, "-c", "-f", "-"], [self.nft, "-f", "-"]))
                 continue
-            text = None
+            text, wanted_lines = None, chain_lines(wanted)
             if not current.facts.get("unrecognized"):
                 markers = [chain for chain in facts["chains"] if chain.startswith(MARKER_PREFIX)]
-                text = delta_script([entry for entry in current.entries if entry.family == family], wanted, markers, token,
-                                    facts["chains"])
+                current_lines = facts.get("lines") or chain_lines([entry for entry in current.entries if entry.family == family])
+                text = delta_script(current_lines, wanted_lines, markers, token, facts["chains"])
             if text is None:
-                text = full_script(wanted, facts, token)
+                text = full_script(wanted_lines, facts, token)
             if text:
                 restore = self.binaries[family][1]
                 transactions.append(Transaction((family,), text, [restore, "-w", "--test", "--noflush"], [restore, "-w", "--noflush"]))

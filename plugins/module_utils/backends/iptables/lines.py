@@ -90,10 +90,12 @@ def continues_rules(chain):
 
 def segment_lines(entry):
     """An entry's lines in a segment chain: the comment on the first only (see the module docstring)."""
-    comment = comment_text(entry.name)
-    # The comment follows the matches, or opens a line that has none.
-    return entry.compiled[:1] + [text[len(comment) + 1:] if text.startswith(comment + " ") else text.replace(" " + comment, "", 1)
-                                 for text in entry.compiled[1:]]
+    compiled = entry.compiled
+    if len(compiled) == 1:
+        return compiled
+    # The comment follows the matches (or opens a line without any) and a target or statistic match follows it.
+    comment = comment_text(entry.name) + " "
+    return [compiled[0]] + [text.replace(comment, "", 1) for text in compiled[1:]]
 
 
 def rule_lines(rule):
@@ -266,13 +268,13 @@ def marker_chain(token):
     return MARKER_PREFIX + token
 
 
-def full_script(desired, facts, token=None):
-    """The iptables-restore script that rewrites one family's owned objects, or None when nothing is owned before or after.
+def full_script(desired_lines, facts, token=None):
+    """The iptables-restore script that rewrites one family's owned objects to ``desired_lines`` (chain_lines of the
+    entries it keeps), or None when nothing is owned before or after.
 
     ``facts`` (from the read): ``chains`` the owned chains declared, ``jumps`` {builtin chain: [jump spec]}.
     ``token``: the family keeps its rules with the marker chain of this run (and no other).
     """
-    desired_lines = chain_lines(desired)
     used_hooks = [hook for hook in CHAINS if OWNED_CHAINS[hook] in desired_lines]
     used_chains = list(desired_lines)
     marker = [marker_chain(token)] if token and used_chains else []
@@ -304,17 +306,17 @@ def full_script(desired, facts, token=None):
     return "\n".join(script) + "\n"
 
 
-def delta_script(current, desired, markers=(), token=None, owned_chains=None):
-    """The script that turns chains holding exactly ``current``'s lines into ``desired``'s, or None
-    when a hook chain must appear or disappear, a hook chain gains or loses its segments, or the owned
-    chains (``owned_chains``, as read) are not those of ``current`` (then full_script rewrites the family).
+def delta_script(current_lines, desired_lines, markers=(), token=None, owned_chains=None):
+    """The script that turns chains holding exactly ``current_lines`` into ``desired_lines`` (chain_lines of the
+    entries before and after), or None when a hook chain must appear or disappear, a hook chain gains or loses
+    its segments, or the owned chains (``owned_chains``, as read) are not those of ``current_lines`` (then
+    full_script rewrites the family).
 
     New and changed segments are declared (created or flushed) and filled, segments no longer used go;
     a hook chain's own lines change by a line-level diff (a change of one rule touches that rule's lines
     wherever they are). An empty change gives the empty string. A change with a ``token`` also replaces
     the family's marker chains (``markers``) by this run's: deleting one that is not there fails the change.
     """
-    current_lines, desired_lines = chain_lines(current), chain_lines(desired)
     hooks = [OWNED_CHAINS[hook] for hook in CHAINS]
     if [chain for chain in hooks if chain in current_lines] != [chain for chain in hooks if chain in desired_lines]:
         return None
