@@ -511,6 +511,32 @@ def test_in_a_segment_only_the_first_line_of_a_rule_carries_its_comment(variant,
     assert contents(state.entries) == contents(entries(backend, rules)) and not state.facts["unrecognized"]
 
 
+@netns
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_segments_an_earlier_version_wrote_with_a_comment_on_every_line_read_the_same(variant, tmp_path):
+    backend = IptablesBackend(variant)
+    lab = Netns(backend, tmp_path)
+    two = (Endpoint(addr("10.244.1.1"), 80), Endpoint(addr("10.244.1.2"), 80))
+    rules = [rule._replace(to_destination=two) for rule in _services(12)]
+    with segments_from(10, spacing=4):
+        layout = iptables_lines.hook_layout("prerouting", entries(backend, rules))
+        script = (["*nat", ":NODENET-PREROUTING - [0:0]"] + [":%s - [0:0]" % segment for segment, part in layout]
+                  + ["-A PREROUTING " + " ".join(iptables_lines.jump_tokens("prerouting"))]
+                  + ["-A NODENET-PREROUTING -j %s" % segment for segment, part in layout]
+                  + ["-A %s %s" % (segment, text) for segment, part in layout for entry in part for text in entry.compiled]
+                  + ["COMMIT", ""])
+        before = [(_restore_argv(variant), "\n".join(script))]
+        state = backend.parse(lab.run(before))
+        assert contents(state.entries) == contents(entries(backend, rules)) and not state.facts["unrecognized"]
+        # A change refills the one segment it touches, in the form this version writes, and the rest reads on.
+        after = rules[:5] + [rules[5]._replace(to_destination=tuple(reversed(two)))] + rules[6:]
+        [transaction] = backend.render(entries(backend, after), state, "token")
+        assert len([line for line in transaction.text.splitlines() if line.startswith(":NODENET-PRE-")]) == 1
+        outputs, dummy = lab.apply(after, before)
+        state = backend.parse(outputs)
+        assert contents(state.entries) == contents(entries(backend, after)) and not state.facts["unrecognized"]
+
+
 def test_counters_of_a_segment_line_without_a_comment_are_its_rules():
     listing = "\n".join(["*nat", ":NODENET-PREROUTING - [0:0]", ":NODENET-PRE-0123456789ab - [0:0]",
                          "[1:60] -A NODENET-PREROUTING -j NODENET-PRE-0123456789ab",
