@@ -29,7 +29,7 @@ import ipaddress
 import json
 import re
 
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.lines import continues_rules
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.lines import line_rule_names
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_trace.ruleset import TRACE_FAMILY, TRACE_TABLE
 
 OWNED_TABLE = "nodenet_nat"
@@ -231,11 +231,8 @@ def xtables_comments(save_text, chain):
     for line in save_text.splitlines():
         if line.startswith("-A %s " % chain):
             found = XT_COMMENT.search(line)
-            if found:
-                comments.append(found.group("quoted") if found.group("quoted") is not None else found.group("plain"))
-            else:
-                comments.append(comments[-1] if comments and continues_rules(chain) else None)
-    return comments
+            comments.append((found.group("quoted") if found.group("quoted") is not None else found.group("plain")) if found else None)
+    return line_rule_names(chain, comments)
 
 
 def chain_handles(chain_listing):

@@ -83,9 +83,18 @@ def comment_text(name):
     return '-m comment --comment "%s"' % name
 
 
-def continues_rules(chain):
-    """Whether a line without a comment in ``chain`` belongs to the rule of the line before it (a segment chain)."""
-    return chain.startswith(SEGMENT_CHAIN_PREFIXES)
+def line_rule_names(chain, comments):
+    """The rule name of each line of ``chain``, from the lines' comments in order (None: the line has none): in a
+    segment chain, a line without a comment is the rule's of the line before it."""
+    in_segment = chain.startswith(SEGMENT_CHAIN_PREFIXES)
+    names, name = [], None
+    for comment in comments:
+        if comment is not None:
+            name = comment
+        elif not in_segment:
+            name = None
+        names.append(name)
+    return names
 
 
 def segment_lines(entry):

@@ -17,7 +17,7 @@ import itertools
 import shlex
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.lines import (
-    BUILTIN_CHAINS, CHAIN_PREFIX, HOOK_OF_CHAIN, MARKER_PREFIX, OWNED_CHAINS, TARGETS, Line, continues_rules, jump_tokens, jumped_segment,
+    BUILTIN_CHAINS, CHAIN_PREFIX, HOOK_OF_CHAIN, MARKER_PREFIX, OWNED_CHAINS, TARGETS, Line, jump_tokens, jumped_segment, line_rule_names,
     rule_lines,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.model import (
@@ -86,9 +86,8 @@ def rule_counters(owned):
     """{rule name: [packets, bytes]} summed over each rule's lines, of a listing with counters."""
     totals = {}
     for chain, specs in owned.lines.items():
-        name = None
-        for spec, counter in zip(specs, owned.counters.get(chain, ())):
-            name = _comment(spec) or (name if continues_rules(chain) else None)
+        names = line_rule_names(chain, [_comment(spec) for spec in specs])
+        for name, counter in zip(names, owned.counters.get(chain, ())):
             if name is not None and counter is not None:
                 total = totals.setdefault(name, [0, 0])
                 total[0] += counter[0]
