@@ -72,6 +72,16 @@ options:
         V(port_exhaustion_risk) is reported.
     type: int
     default: 10000
+  result_rules:
+    description:
+      - Whether the facts list the owned rules and their counters. V(summary) lists them when there are at most 1000
+        owned rules and gives only their number, RV(ansible_facts.nodenet_nat.rule_count), beyond that, so that
+        gathering facts from nodes with tens of thousands of rules does not ship and store megabytes of facts per host
+        (ansible takes longer over them than the module). V(all) lists them whatever their number.
+      - The checklist reads every owned rule either way.
+    type: str
+    choices: [summary, all]
+    default: summary
 extends_documentation_fragment:
   - ansible.builtin.action_common_attributes
   - ansible.builtin.action_common_attributes.facts
@@ -91,6 +101,10 @@ EXAMPLES = r"""
 - name: Diagnose a Kubernetes node
   nodenet.nat.nat_info:
     pod_cidrs: [10.244.0.0/16, "fd00:10:244::/56"]
+
+- name: Read the counters of every owned rule, however many there are
+  nodenet.nat.nat_info:
+    result_rules: all
 
 - name: Fail when the node has a NAT error
   ansible.builtin.assert:
@@ -119,8 +133,13 @@ ansible_facts:
           description: C(ipv4) (C(net.ipv4.ip_forward)) and C(ipv6) (C(net.ipv6.conf.all.forwarding)); V(null) if absent.
           type: dict
           sample: {ipv4: true, ipv6: false}
+        rule_count:
+          description: The number of owned rules; V(null) when they cannot be read.
+          type: int
+          sample: 2
         rules:
           description: The owned rules, as O(nodenet.nat.nat_rules#module:config) takes them; V(null) when they cannot be read.
+          returned: when O(result_rules=all), or when there are at most 1000 owned rules or they cannot be read
           type: list
           elements: dict
         counters:
@@ -130,6 +149,7 @@ ansible_facts:
               rule's lines). V(null) when the rules cannot be read.
             - The nat hooks see only the first packet of each connection, so C(packets) counts the connections that
               reached the rule.
+          returned: as RV(ansible_facts.nodenet_nat.rules)
           type: dict
           sample: {egress-ipv4-nat: {packets: 12, bytes: 720}, nodeport-web-np-dnat-v4: {packets: 30, bytes: 1800}}
         unrecognized:

@@ -14,16 +14,21 @@ import ipaddress
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import BACKEND_CHOICES
 from ansible_collections.nodenet.nat.plugins.module_utils.commands import ModuleFailure
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_info.checklist import diagnose
-from ansible_collections.nodenet.nat.plugins.module_utils.nat_info.facts import gather
+from ansible_collections.nodenet.nat.plugins.module_utils.nat_info.facts import gather, rule_facts
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlError
 
 DEFAULT_CONNTRACK_THRESHOLD = 90
 DEFAULT_PORT_EXHAUSTION_THRESHOLD = 10000
+RESULT_RULES = ("summary", "all")
+# With result_rules=summary, the rules and their counters are listed up to this many rules: beyond it, ansible would
+# scrub, ship and store megabytes of facts (ten seconds and more per host at tens of thousands of rules).
+RULES_LISTED = 1000
 ARGUMENT_SPEC = dict(
     pod_cidrs=dict(type="list", elements="str", default=[]),
     backend=dict(type="str", choices=list(BACKEND_CHOICES), default="auto"),
     conntrack_threshold=dict(type="int", default=DEFAULT_CONNTRACK_THRESHOLD),
     port_exhaustion_threshold=dict(type="int", default=DEFAULT_PORT_EXHAUSTION_THRESHOLD),
+    result_rules=dict(type="str", choices=list(RESULT_RULES), default="summary"),
 )
 
 
@@ -52,13 +57,16 @@ def validate_options(params):
 
 
 def node_facts(params, host, root="/"):
-    """The ``nodenet_nat`` facts of this host, with ``problems`` and ``skipped_checks``.
+    """The ``nodenet_nat`` facts of this host, with ``problems`` and ``skipped_checks``, and the owned rules and their
+    counters when ``result_rules`` lists them.
 
     Raises ValueError on bad params (before any command runs), SysctlError on a /proc or /sys file
     that exists but cannot be read."""
     options = validate_options(params)
     node = gather(root, host.run_command, host.which, params.get("backend") or "auto", options["pod_networks"])
     node.facts["problems"], node.facts["skipped_checks"] = diagnose(node, options)
+    if params.get("result_rules") == "all" or node.rules is None or len(node.rules) <= RULES_LISTED:
+        node.facts.update(rule_facts(node))
     return node.facts
 
 

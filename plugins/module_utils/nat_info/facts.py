@@ -295,6 +295,13 @@ def rule_counters(node):
     return counters
 
 
+def rule_facts(node):
+    """``rules`` (as config items) and ``counters`` of the owned rules; None each when they cannot be read."""
+    if node.rules is None:
+        return dict(rules=None, counters=None)
+    return dict(rules=[rule_to_params(rule) for rule in node.rules], counters=rule_counters(node))
+
+
 def gather(root, run_command, which, backend="auto", pod_networks=()):
     """A Node for this host. ``run_command(argv)`` -> (rc, stdout, stderr); ``which(name)`` -> path or None;
     ``pod_networks`` (ip_network) tell which bridges carry pods and which routes are not uplinks."""
@@ -302,8 +309,7 @@ def gather(root, run_command, which, backend="auto", pod_networks=()):
     facts = node.facts
     facts["backend"] = read_ruleset(backend, run_command, which, node)
     facts["forwarding"] = dict(ipv4=_flag(read_key(root, IPV4_FORWARD)), ipv6=_flag(read_key(root, IPV6_FORWARD)))
-    facts["rules"] = [rule_to_params(rule) for rule in node.rules] if node.rules is not None else None
-    facts["counters"] = rule_counters(node) if node.rules is not None else None
+    facts["rule_count"] = len(node.rules) if node.rules is not None else None
     facts["unrecognized"] = node.unrecognized
     facts["conntrack"] = read_conntrack(root, run_command, which, node)
     links = read_links(root)

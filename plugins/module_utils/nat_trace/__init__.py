@@ -92,7 +92,7 @@ class TraceRun(object):
         nft = self.which("nft")
         if nft is None:
             raise TraceError("the trace needs the nft binary (package nftables) and nf_tables in the kernel; without them, "
-                             "compare the counters of nodenet.nat.nat_info before and after sending the flow")
+                             "compare the counters of nodenet.nat.nat_info (result_rules: all) before and after sending the flow")
         backend = self._backend()
         script = trace_script(flow, int(self.now()) + timeout + 1)
         result = dict(changed=False, flow=flow_params(flow), trace_ruleset=script, backend=backend.name if backend else None,

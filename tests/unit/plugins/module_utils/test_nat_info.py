@@ -118,6 +118,7 @@ def test_recorded_node_facts(host):
     assert facts["forwarding"] == dict(ipv4=True, ipv6=False)
     assert facts["rules"] == [dict(name="egress", type="masquerade", chain="postrouting", family="ipv4",
                                    source=[POD_CIDR], out_interface="eth0", random_fully=True)]
+    assert facts["rule_count"] == 1
     conntrack = facts["conntrack"]
     assert (conntrack["loaded"], conntrack["count"], conntrack["max"], conntrack["usage_percent"]) == (True, 2, 262144, 0.0)
     assert conntrack["stats_source"] == "/proc/net/stat/nf_conntrack"
@@ -313,7 +314,7 @@ def test_unloaded_conntrack_and_missing_backend_are_skipped_checks(host):
     facts = host.facts()
     assert facts["conntrack"] == dict(loaded=False, count=None, max=None, usage_percent=None)
     assert facts["backend"]["name"] is None and "no usable backend" in facts["backend"]["error"]
-    assert facts["rules"] is None
+    assert facts["rules"] is None and facts["counters"] is None and facts["rule_count"] is None
     assert [entry["id"] for entry in facts["skipped_checks"]] == ["masquerade_missing", "conntrack_near_full", "port_exhaustion_risk"]
     assert "nf_conntrack is not loaded" in facts["skipped_checks"][1]["reason"]
 
@@ -364,3 +365,23 @@ def test_masquerade_missing_names_owned_objects_that_could_not_be_read(host):
     problem, = facts["problems"]
     assert problem["message"].endswith("(2 owned objects could not be read: ipv4 NODENET-POSTROUTING: owned chain without rules; "
                                        "ipv6 NODENET-POSTROUTING: owned chain without rules)")
+
+
+@pytest.mark.parametrize("result_rules, other_rules, listed", [
+    ("summary", nat_info.RULES_LISTED - 1, True),
+    ("summary", nat_info.RULES_LISTED, False),
+    ("all", nat_info.RULES_LISTED, True),
+])
+def test_the_rules_are_listed_up_to_a_thousand_unless_all_are_asked_for(host, result_rules, other_rules, listed):
+    # Other sources' masquerades first, the pods' last: no masquerade_missing means the checklist read the last rule.
+    other = ["-A NODENET-POSTROUTING -s 10.%d.%d.0/24 -m comment --comment other-%d -j MASQUERADE" % (index // 256, index % 256, index)
+             for index in range(other_rules)]
+    host.iptables_nft["ipv4"] = save_output(other + [EGRESS_RULE])
+    facts = host.facts(result_rules=result_rules)
+    assert facts["rule_count"] == other_rules + 1
+    assert "masquerade_missing" not in problem_ids(facts)
+    if listed:
+        assert [rule["name"] for rule in facts["rules"]] == ["other-%d" % index for index in range(other_rules)] + ["egress"]
+        assert "counters" in facts
+    else:
+        assert "rules" not in facts and "counters" not in facts
