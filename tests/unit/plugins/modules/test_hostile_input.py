@@ -49,7 +49,7 @@ class EmptyNode(object):
     def __init__(self):
         self.changing = []
 
-    def run_command(self, args, data=None, binary_data=False, **kwargs):
+    def run_command(self, args, data=None):
         argv = (os.path.basename(args[0]),) + tuple(args[1:])
         if argv in self.LISTINGS:
             return 0, self.LISTINGS[argv], ""
@@ -64,7 +64,7 @@ class EmptyNode(object):
 @pytest.fixture
 def node(monkeypatch, tmp_path):
     empty = EmptyNode()
-    monkeypatch.setattr(commands.AnsibleModule, "run_command", lambda module, args, **kwargs: empty.run_command(args, **kwargs))
+    monkeypatch.setattr(commands.ModuleHost, "run_command", lambda host, argv, data=None: empty.run_command(argv, data=data))
     monkeypatch.setattr(commands.AnsibleModule, "get_bin_path", lambda module, name, *args, **kwargs: "/usr/sbin/" + name)
     monkeypatch.setattr(nat_rules_utils, "RecordStore", lambda: RecordStore(str(tmp_path / "run")))
     root = str(tmp_path / "root")
