@@ -144,7 +144,7 @@ timed_out:
   returned: always
   type: bool
 removed:
-  description: The trace table is gone after the trace (checked with C(nft list tables)).
+  description: The trace table is gone after the trace (checked with C(nft -j list chains)).
   returned: always
   type: bool
 backend:

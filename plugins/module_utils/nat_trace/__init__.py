@@ -30,8 +30,8 @@ from ansible_collections.nodenet.nat.plugins.module_utils.nat_trace.events impor
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_trace.monitor import MonitorError, NftMonitor
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_trace.ruleset import (
-    MAX_PACKETS, MAX_TIMEOUT, PROTOCOLS, TRACE_FAMILY, TRACE_TABLE, flow_from_params, flow_params, remove_argv, sync_script,
-    table_present, trace_script,
+    MAX_PACKETS, MAX_TIMEOUT, PROTOCOLS, TRACE_FAMILY, TRACE_TABLE, flow_from_params, flow_params, list_chains_argv, remove_argv,
+    sync_script, table_present, trace_script,
 )
 
 DEFAULT_TIMEOUT = 30
@@ -209,10 +209,10 @@ class TraceRun(object):
 
     def _remove(self, nft):
         """Delete the trace table if it is there; True when it is gone."""
-        rc, out, dummy = self.run_command([nft, "list", "tables"])
+        rc, out, dummy = self.run_command(list_chains_argv(nft))
         if rc == 0 and table_present(out):
             self.run_command(remove_argv(nft))
-            rc, out, dummy = self.run_command([nft, "list", "tables"])
+            rc, out, dummy = self.run_command(list_chains_argv(nft))
         return rc == 0 and not table_present(out)
 
 

@@ -24,10 +24,10 @@ def fixture(name):
 class FakeHost(object):
     """Installed binaries and what their read-only commands print; any other command fails the test."""
 
-    def __init__(self, binaries, saves=None, nft_tables="", versions=None):
+    def __init__(self, binaries, saves=None, nft_chains='{"nftables": []}', versions=None):
         self.binaries = binaries
         self.saves = saves or {}
-        self.nft_tables = nft_tables
+        self.nft_chains = nft_chains
         self.versions = versions or {}
         self.calls = []
 
@@ -39,8 +39,8 @@ class FakeHost(object):
         name = argv[0][len(SBIN):]
         if argv[1:] == ["--version"]:
             return 0, self.versions[name], ""
-        if argv[1:] == ["list", "tables"] and name == "nft":
-            return 0, self.nft_tables, ""
+        if argv[1:] == ["-j", "list", "chains"] and name == "nft":
+            return 0, self.nft_chains, ""
         assert name.endswith("-save") and argv[1:] == [], "unexpected command %r" % argv
         return 0, self.saves.get(name, ""), ""
 
@@ -82,14 +82,14 @@ def test_legacy_rules_outnumbering_nft_select_legacy_without_creating_tables():
 
 
 def test_owned_nft_table_is_kept_although_legacy_holds_more_rules():
-    host = FakeHost(DEBIAN, {"iptables-legacy-save": fixture("docker-legacy.all.save")}, nft_tables=fixture("nft-owned.tables"))
+    host = FakeHost(DEBIAN, {"iptables-legacy-save": fixture("docker-legacy.all.save")}, nft_chains=fixture("nft-owned.chains"))
     backend, reason = select(host)
     assert isinstance(backend, NftBackend)
     assert reason == "nft already holds this collection's table nodenet_nat; kept it (legacy iptables holds 6 rules, iptables-nft 0)"
 
 
 def test_owned_chains_in_iptables_nft_are_kept_although_nft_is_installed():
-    host = FakeHost(DEBIAN, {"iptables-nft-save": fixture("owned-nft.ipv4.save")}, nft_tables=fixture("nft-foreign.tables"))
+    host = FakeHost(DEBIAN, {"iptables-nft-save": fixture("owned-nft.ipv4.save")}, nft_chains=fixture("nft-foreign.chains"))
     backend, reason = select(host)
     assert_iptables(backend, "nft")
     assert reason == "iptables already holds this collection's NODENET-* chains; kept it (legacy iptables holds 0 rules, iptables-nft 14)"
@@ -138,7 +138,7 @@ def test_recorded_version_banners_name_their_variant():
     ("iptables-legacy", DEBIAN, "legacy"),
 ])
 def test_requested_backend_is_used_as_is(requested, binaries, expected):
-    host = FakeHost(binaries, {"iptables-legacy-save": fixture("docker-legacy.all.save")}, nft_tables=fixture("nft-owned.tables"))
+    host = FakeHost(binaries, {"iptables-legacy-save": fixture("docker-legacy.all.save")}, nft_chains=fixture("nft-owned.chains"))
     backend, reason = select(host, requested)
     assert reason == "requested"
     if expected is NftBackend:

@@ -7,6 +7,7 @@ traces real packets inside a throwaway network namespace and checks that the tra
 from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
+import json
 import os
 import shutil
 import threading
@@ -197,8 +198,9 @@ class RecordedNode(object):
             else:
                 self.armed = self.table = True
             return 0, "", ""
-        if tool == "nft" and args == ["list", "tables"]:
-            return 0, "table ip nodenet_nat\n" + ("table inet nodenet_trace\n" if self.table else ""), ""
+        if tool == "nft" and args == ["-j", "list", "chains"]:
+            chains = [("ip", "nodenet_nat", "prerouting")] + [("inet", "nodenet_trace", hook) for hook in ruleset.HOOKS if self.table]
+            return 0, json.dumps({"nftables": [dict(chain=dict(family=family, table=table, name=name)) for family, table, name in chains]}), ""
         if tool == "nft" and args == ["delete", "table", "inet", "nodenet_trace"]:
             self.table = False
             return 0, "", ""
@@ -324,3 +326,13 @@ def test_a_real_trace_follows_a_dnat_and_leaves_nothing_behind():
         assert result["path"][:2] == ["ip nodenet_nat output: packet oif lo 127.0.0.1:%s -> 127.0.0.1:9999 tcp"
                                       % result["packets"][0]["packet"]["sport"], "ip nodenet_nat output: svc-dnat (accept)"]
         assert result["removed"] and "nodenet_trace" not in run(["nft", "list", "tables"])[1]
+
+
+def test_the_trace_table_is_there_while_a_chain_of_it_is_listed():
+    def listing(*tables):
+        return json.dumps({"nftables": [{"metainfo": {"version": "1.0.6"}}]
+                           + [dict(chain=dict(family=family, table=table, name="prerouting")) for family, table in tables]})
+    assert ruleset.table_present(listing(("ip", "nat"), ("inet", "nodenet_trace")))
+    assert not ruleset.table_present(listing(("ip", "nodenet_trace"), ("inet", "filter")))
+    # Output that cannot be read does not say the table is gone.
+    assert ruleset.table_present("Error: cache initialization failed")
