@@ -13,6 +13,7 @@ import ipaddress
 
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import BACKEND_CHOICES
 from ansible_collections.nodenet.nat.plugins.module_utils.commands import ModuleFailure
+from ansible_collections.nodenet.nat.plugins.module_utils.gc_pause import gc_paused
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_info.checklist import diagnose
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_info.facts import gather, rule_facts
 from ansible_collections.nodenet.nat.plugins.module_utils.sysctl import SysctlError
@@ -73,6 +74,7 @@ def node_facts(params, host, root="/"):
 def nat_info(params, host, root="/"):
     """The module's engine (commands.run_module): facts only, nothing changes."""
     try:
-        return dict(changed=False, ansible_facts=dict(nodenet_nat=node_facts(params, host, root)))
+        with gc_paused():
+            return dict(changed=False, ansible_facts=dict(nodenet_nat=node_facts(params, host, root)))
     except (ValueError, SysctlError) as error:
         raise ModuleFailure(str(error))
