@@ -9,8 +9,10 @@ median:
 
     .venv/bin/python bench/compare.py c7b9fa2 HEAD --backend iptables-legacy --count 50000 --step "one changed"
 
-Steps: "one changed" (the service moved there and back, every run a change), "no-op" and "first run" (the
-host emptied between runs, not measured). Needs root and ``make setup``, as bench/scale.py does.
+Steps: "one changed" (the service moved there and back, every run a change), "no-op", "first run" (the
+host emptied between runs, not measured) and "after a reboot" (a no-op on a host whose run record is gone, as /run
+is after a reboot, while the boot path has put the rules back). ``--auto`` runs the measured task with ``backend:
+auto`` (the roles' default) on the host that ``--backend`` filled. Needs root and ``make setup``, as bench/scale.py does.
 """
 import argparse
 import os
@@ -41,7 +43,8 @@ def main():
     parser.add_argument("revisions", nargs=2)
     parser.add_argument("--backend", default="iptables-legacy", choices=scale.BACKENDS)
     parser.add_argument("--count", type=int, default=50000)
-    parser.add_argument("--step", default="one changed", choices=("one changed", "no-op", "first run"))
+    parser.add_argument("--step", default="one changed", choices=("one changed", "no-op", "first run", "after a reboot"))
+    parser.add_argument("--auto", action="store_true", help="measure the task with backend: auto")
     parser.add_argument("--runs", type=int, default=6, help="runs of each revision")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -57,6 +60,7 @@ def main():
             sides.append(dict(revision=revision, collections=collections, namespace=namespace,
                               work=tempfile.mkdtemp(dir=workdir), seconds=[], runs=0))
         task = scale.NAT_RULES_TASK % args.backend
+        measured_task = scale.NAT_RULES_TASK % "auto" if args.auto else task
         base, moved = scale.as_text(scale.services(args.count)), scale.as_text(scale.services(args.count, moved=args.count // 2))
         empty = scale.as_text([])
         for side in sides:
@@ -73,11 +77,15 @@ def main():
                     variables = moved if side["runs"] % 2 == 0 else base
                 else:
                     variables = base
-                side["seconds"].append(scale.above_floor(side["namespace"], side["work"], task, variables, scale.TEXT_FLOOR_TASK, base, floors))
+                if args.step == "after a reboot":
+                    side["namespace"].forget_record()
+                side["seconds"].append(scale.above_floor(side["namespace"], side["work"], measured_task, variables, scale.TEXT_FLOOR_TASK,
+                                                         base, floors))
                 side["runs"] += 1
         floor = statistics.median(floors)
-        print("%s, %d services, %s: %d runs each, floor %.2f s (median of %s)"
-              % (args.backend, args.count, args.step, args.runs, floor, " ".join("%.2f" % value for value in floors)))
+        print("%s%s, %d services, %s: %d runs each, floor %.2f s (median of %s)"
+              % (args.backend, " (backend: auto)" if args.auto else "", args.count, args.step, args.runs, floor,
+                 " ".join("%.2f" % value for value in floors)))
         for side in sides:
             runs = " ".join("%.2f" % value for value in side["seconds"])
             print("%-12s above the floor %.2f s (runs: %s)" % (side["revision"], statistics.median(side["seconds"]), runs))

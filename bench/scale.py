@@ -42,12 +42,12 @@ MODULE = os.path.join(REPO, "plugins", "modules", "nat_rules.py")
 RECORD_ROOT = "/run/nodenet-nat"
 
 
-def _numbers(name, default):
+def sizes_from_env(name, default):
     return [int(value) for value in os.environ.get(name, default).split(",")]
 
 
-SIZES = _numbers("NODENET_BENCH_SIZES", "1000,10000,50000")
-LATENCY_SIZES = _numbers("NODENET_BENCH_LATENCY_SIZES", "10,1000,10000,30000")
+SIZES = sizes_from_env("NODENET_BENCH_SIZES", "1000,10000,50000")
+LATENCY_SIZES = sizes_from_env("NODENET_BENCH_LATENCY_SIZES", "10,1000,10000,30000")
 BACKENDS = os.environ.get("NODENET_BENCH_BACKENDS", "nft,iptables,iptables-legacy").split(",")
 STEPS = ("first run", "no-op", "one changed", "one removed")
 BUILTIN_RULES = 100
@@ -84,12 +84,15 @@ class Namespace(object):
     def popen(self, argv):
         return subprocess.Popen(self.argv(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, env=ENV)
 
+    def forget_record(self):
+        """Remove the module's lock and run record of this namespace (files, not network state), as a reboot empties /run."""
+        shutil.rmtree(os.path.join(RECORD_ROOT, "netns-%d" % self.inode), ignore_errors=True)
+
     def close(self):
         self.holder.kill()
         self.holder.wait()
         self.holder.stdout.close()
-        # The module's lock and run record of this namespace (files, not network state).
-        shutil.rmtree(os.path.join(RECORD_ROOT, "netns-%d" % self.inode), ignore_errors=True)
+        self.forget_record()
         try:
             os.rmdir(RECORD_ROOT)       # when no other namespace's record is left in it
         except OSError:
@@ -163,13 +166,13 @@ def ansible_seconds(namespace, workdir, task, variables):
     return time.perf_counter() - start
 
 
-def module_run(namespace, workdir, params):
-    """(result, seconds, peak RSS MiB) of the module file run directly on ``params``, ``config`` as JSON text (as the tasks pass it)."""
+def module_run(namespace, workdir, params, module=MODULE):
+    """(result, seconds, peak RSS MiB) of a module file run directly on ``params``, a ``config`` as JSON text (as the tasks pass it)."""
     path = os.path.join(workdir, "args.json")
     with open(path, "w") as handle:
-        json.dump({"ANSIBLE_MODULE_ARGS": dict(params, config=json.dumps(params["config"]))}, handle)
+        json.dump({"ANSIBLE_MODULE_ARGS": dict(params, config=json.dumps(params["config"])) if "config" in params else params}, handle)
     timing = os.path.join(workdir, "time.txt")
-    output = namespace.run(["/usr/bin/time", "-o", timing, "-f", "%e %M", sys.executable, MODULE, path], check=False)
+    output = namespace.run(["/usr/bin/time", "-o", timing, "-f", "%e %M", sys.executable, module, path], check=False)
     try:
         result = json.loads(output.stdout)
     except ValueError:
@@ -358,7 +361,7 @@ def measure_latency(backend, workdir):
 
 # ---------------------------------------------------------------------------- report
 
-def _machine():
+def machine_summary():
     cpu = cpu_model()
     versions = [subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, env=ENV, check=False).stdout.strip()
                 for argv in (["nft", "--version"], ["iptables-nft", "--version"], ["ansible", "--version"])]
@@ -452,7 +455,7 @@ def report(convergence, builtin_per_rule, latency, started, seconds, machine):
 def main():
     if os.geteuid() != 0:
         sys.exit("bench/scale.py needs root (network namespaces)")
-    started, start, machine = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.time(), _machine()
+    started, start, machine = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.time(), machine_summary()
     workdir = tempfile.mkdtemp(prefix="nodenet-bench-")
     # A kill runs the finally blocks: namespaces, run records and the work directory go.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
