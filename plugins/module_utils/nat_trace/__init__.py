@@ -48,7 +48,10 @@ ARGUMENT_SPEC = dict(
 MODULE_OPTIONS = dict(required_one_of=[("source", "destination")], required_by=dict(port="protocol"))
 # After the last wanted packet: its events come in one burst; wait this long for the rest of it.
 SETTLE = 0.5
-SYNC_TIMEOUT = 10.0
+# nft monitor lists the whole ruleset before it listens, and a ruleset change meanwhile makes it start over (10 to 15 s
+# beside 100 000 iptables-nft rules): the sync changes come further apart each time, SYNC_WAIT, twice that, ..., so that
+# one wait outlasts the listing; SYNC_TIMEOUT leaves room for a listing of 30 s.
+SYNC_TIMEOUT = 130.0
 SYNC_WAIT = 0.5
 LEGACY_NOTE = ("legacy iptables (x_tables) chains do not report to nft monitor trace (their TRACE target logs to the kernel "
                "log, from the initial network namespace only unless net.netfilter.nf_log_all_netns=1, and this module "
@@ -170,17 +173,20 @@ class TraceRun(object):
         """Return once the monitor printed our own add-and-delete of the trace table (it listens then)."""
         marker = "delete table %s %s" % (TRACE_FAMILY, TRACE_TABLE)
         deadline = self.clock() + SYNC_TIMEOUT
+        wait = SYNC_WAIT
         while self.clock() < deadline:
             rc, dummy, err = self.run_command([nft, "-f", "-"], data=sync_script())
             if rc != 0:
                 raise TraceError("nft cannot change the ruleset here (rc=%s): %s" % (rc, err.strip()))
-            wait_until = min(deadline, self.clock() + SYNC_WAIT)
+            wait_until = min(deadline, self.clock() + wait)
             while self.clock() < wait_until:
                 line = monitor.readline(max(0.0, wait_until - self.clock()))
                 # nft -a adds "# handle N"
                 if line is not None and line.split(" #")[0].strip() == marker:
                     return
-        raise TraceError("nft monitor printed none of the ruleset changes made to sync with it within %d s" % SYNC_TIMEOUT)
+            wait *= 2
+        raise TraceError("nft monitor printed none of the ruleset changes made to sync with it within %d s (it lists the whole "
+                         "ruleset before it listens)" % SYNC_TIMEOUT)
 
     def _collect(self, monitor, timeout, wanted):
         """Trace lines until ``wanted`` packets went through and their events came (a quiet spell, the next

@@ -336,3 +336,47 @@ def test_the_trace_table_is_there_while_a_chain_of_it_is_listed():
     assert not ruleset.table_present(listing(("ip", "nodenet_trace"), ("inet", "filter")))
     # Output that cannot be read does not say the table is gone.
     assert ruleset.table_present("Error: cache initialization failed")
+
+
+class ListingMonitor(object):
+    """nft monitor beside a big ruleset: it lists the ruleset for ``listing`` seconds before it listens, and a ruleset
+    change meanwhile is lost and makes it start over. Time is a fake clock that readline advances."""
+
+    def __init__(self, listing):
+        self.listing = listing
+        self.now = 0.0
+        self.listing_since = 0.0
+        self.changes = self.lost = 0
+        self.pending = []
+
+    def run_command(self, argv, data=None):
+        assert argv == ["/usr/sbin/nft", "-f", "-"] and data == ruleset.sync_script()
+        self.changes += 1
+        if self.now < self.listing_since + self.listing:
+            self.lost += 1
+            self.listing_since = self.now
+        else:
+            self.pending += ["add table inet nodenet_trace # handle 9", "delete table inet nodenet_trace # handle 9"]
+        return 0, "", ""
+
+    def readline(self, timeout):
+        if self.pending:
+            return self.pending.pop(0)
+        self.now += timeout
+        return None
+
+
+@pytest.mark.parametrize("listing", [0.0, 0.3, 12.0, 30.0])
+def test_the_sync_changes_come_further_apart_until_the_monitor_listens(listing):
+    monitor = ListingMonitor(listing)
+    trace = nat_trace.TraceRun(dict(FLOW), FakeHost(monitor.run_command, lambda name: "/usr/sbin/" + name), clock=lambda: monitor.now)
+    trace._sync("/usr/sbin/nft", monitor)
+    assert monitor.changes == monitor.lost + 1
+    assert (monitor.lost > 0) == (listing > 0)
+
+
+def test_a_monitor_that_never_listens_fails_the_sync_naming_the_wait():
+    monitor = ListingMonitor(nat_trace.SYNC_TIMEOUT)
+    trace = nat_trace.TraceRun(dict(FLOW), FakeHost(monitor.run_command, lambda name: "/usr/sbin/" + name), clock=lambda: monitor.now)
+    with pytest.raises(nat_trace.TraceError, match="within 130 s"):
+        trace._sync("/usr/sbin/nft", monitor)
