@@ -64,7 +64,7 @@ class EndpointError(ValueError):
 # Services share endpoints (a pod backs several ports, a hairpin rule names its service's pods): parse each text once.
 @functools.lru_cache(maxsize=1 << 17)
 def parse_endpoint(text):
-    """(Endpoint, its address text) of a to_destination item; raises EndpointError."""
+    """(Endpoint, its address text, its family) of a to_destination item; raises EndpointError."""
     text = text.strip()
     bracketed = _BRACKETED_ENDPOINT_PATTERN.fullmatch(text)
     if bracketed:
@@ -81,13 +81,13 @@ def parse_endpoint(text):
     if bracketed and address.version != 6:
         raise EndpointError(text, "uses brackets, which are for IPv6 addresses only")
     if port_text is None:
-        return Endpoint(address, None), address_text
+        return Endpoint(address, None), address_text, family_of(address)
     if not _DIGITS_PATTERN.fullmatch(port_text):
         raise EndpointError(text, "is not an address or address:port")
     port = int(port_text)
     if not 1 <= port <= 65535:
         raise EndpointError(text, "has a port outside 1-65535")
-    return Endpoint(address, port), address_text
+    return Endpoint(address, port), address_text, family_of(address)
 
 
 def _is_text(value):
@@ -108,9 +108,15 @@ class _RuleReader(object):
             raise RuleError("config[%s]: %r is not a dict of rule options" % (index, params))
         self.params = params
         self.index = index
-        self.label = "config[%s]" % index
+        self.rule_name = None
         # Where each IP family was first seen, to name both sides of a mixed-family error.
         self.family_sources = {}
+
+    @property
+    def label(self):
+        if self.rule_name is None:
+            return "config[%s]" % self.index
+        return "config[%s] (name=%s)" % (self.index, self.rule_name)
 
     def fail(self, field, value, problem):
         if value is None:
@@ -119,11 +125,6 @@ class _RuleReader(object):
 
     def get(self, field):
         return self.params.get(field)
-
-    def check_keys(self):
-        unknown = sorted(str(key) for key in self.params if key not in RULE_FIELDS)
-        if unknown:
-            self.fail(unknown[0], None, "is not a rule option (valid: %s)" % ", ".join(sorted(RULE_FIELDS)))
 
     def flag(self, field):
         value = self.get(field)
@@ -145,8 +146,11 @@ class _RuleReader(object):
         return str(value)
 
     def choice(self, field, choices):
+        value = self.params.get(field)
+        if value is None or (value.__class__ is str and value in choices):
+            return value
         value = self.text(field)
-        if value is not None and value not in choices:
+        if value not in choices:
             self.fail(field, value, "is not one of %s" % ", ".join(choices))
         return value
 
@@ -175,7 +179,7 @@ class _RuleReader(object):
         if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
             self.fail("name", value, "is not a valid rule name: 1-64 characters from A-Z a-z 0-9 . _ : / -, "
                                      "starting with a letter or digit")
-        self.label = "config[%s] (name=%s)" % (self.index, value)
+        self.rule_name = value
         return value
 
     # -- addresses ------------------------------------------------------------
@@ -220,16 +224,18 @@ class _RuleReader(object):
         if not isinstance(text, str):
             self.fail("to_destination", text, "is not an address or address:port")
         try:
-            endpoint, address_text = parse_endpoint(text)
+            endpoint, address_text, family = parse_endpoint(text)
         except EndpointError as error:
             self.fail("to_destination", *error.args)
-        self.note_family("to_destination", address_text, endpoint.address)
+        if family not in self.family_sources:
+            self.family_sources[family] = ("to_destination", address_text)
         return endpoint
 
     def to_destination(self):
         texts = self.items("to_destination")
         endpoints = [self.endpoint(text) for text in texts]
-        if len(endpoints) > 1:
+        # Looked at one by one (to name the first at fault) only when some endpoint is at fault.
+        if len(endpoints) > 1 and (len(set(endpoints)) < len(endpoints) or len(set(endpoint.port is None for endpoint in endpoints)) > 1):
             seen = set()
             with_port = endpoints[0].port is not None
             for position, endpoint in enumerate(endpoints):
@@ -327,23 +333,25 @@ def rule_from_params(params, index):
     """
     reader = _RuleReader(params, index)
     name = reader.name()
-    reader.check_keys()
+    unknown, target_fields, field_readers = _reading_plan(tuple(params))
+    if unknown:
+        reader.fail(unknown[0], None, "is not a rule option (valid: %s)" % ", ".join(sorted(RULE_FIELDS)))
     rule_type = reader.choice("type", RULE_TYPES)
     if rule_type is None:
         reader.fail("type", None, "is required (one of %s)" % ", ".join(RULE_TYPES))
     chain = reader.choice("chain", CHAINS) or DEFAULT_CHAIN[rule_type]
     if chain not in CHAINS_BY_TYPE[rule_type]:
         reader.fail("chain", chain, "is not valid for type %s (valid: %s)" % (rule_type, ", ".join(CHAINS_BY_TYPE[rule_type])))
-    for field, types in _TARGET_TYPES_SORTED:
-        if rule_type not in types and _given(params.get(field)):
-            reader.fail(field, params.get(field), "is not valid for type %s (only for %s)" % (rule_type, ", ".join(types)))
+    for field, types in target_fields:
+        if rule_type not in types and _given(params[field]):
+            reader.fail(field, params[field], "is not valid for type %s (only for %s)" % (rule_type, ", ".join(types)))
 
     declared_family = reader.choice("family", FAMILIES)
     protocol = reader.choice("protocol", PROTOCOLS)
     values = dict(RULE_DEFAULTS, name=name, type=rule_type, chain=chain, protocol=protocol)
     # A field not given keeps its default (what its reader makes of None); most items give a few of them.
-    for field, read in _FIELD_READERS:
-        if params.get(field) is not None:
+    for field, read in field_readers:
+        if params[field] is not None:
             values[field] = read(reader, chain)
     required = REQUIRED_TARGET.get(rule_type)
     if required and values[required] in (None, ()):
@@ -386,6 +394,17 @@ _FIELD_READERS = (
     ("random_fully", lambda reader, chain: reader.flag("random_fully")),
     ("set_mark", lambda reader, chain: reader.mark("set_mark")),
 )
+
+
+# Items of a big config share a few sets of keys: what reading an item takes follows from its keys alone.
+@functools.lru_cache(maxsize=1024)
+def _reading_plan(keys):
+    """(its keys that are no rule option, sorted; the target fields and the field readers of the options it gives, in
+    their order) of an item with ``keys``."""
+    given = frozenset(keys)
+    unknown = sorted(str(key) for key in given if key not in RULE_FIELDS)
+    return (unknown, [(field, types) for field, types in _TARGET_TYPES_SORTED if field in given],
+            [(field, read) for field, read in _FIELD_READERS if field in given])
 
 
 def rule_names(config):

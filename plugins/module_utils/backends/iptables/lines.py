@@ -135,6 +135,8 @@ def _variants(rule):
     endpoints = rule.to_destination
     cascade = [(endpoint, 1.0 / (len(endpoints) - index) if index < len(endpoints) - 1 else None)
                for index, endpoint in enumerate(endpoints)] or [(None, None)]
+    if len(rule.source) < 2 and len(rule.destination) < 2 and len(rule.destination_ports) < 2:
+        return [(rule, cascade)]    # the common case, without splitting anything
     variants = []
     for source, destination, ports in itertools.product(_singles(rule.source), _singles(rule.destination),
                                                         _port_groups(rule.destination_ports)):
