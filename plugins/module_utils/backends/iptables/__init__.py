@@ -33,8 +33,8 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import (
     HostState, NatBackend, Transaction, run_listing,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.lines import (
-    BUILTIN_CHAINS, CHAIN_PREFIX, MARKER_PREFIX, UnsupportedRule, chain_lines, compile_rule, delta_script, full_script, jump_tokens,
-    marker_chain,
+    BUILTIN_CHAINS, CHAIN_PREFIX, MARKER_PREFIX, UnsupportedRule, chain_layout, chain_lines, compile_rule, delta_script, full_script, jump_tokens,
+    layout_chains, marker_chain, unchanged_segments,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.save import owned_objects, parse_owned, rule_counters
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import LIST_CHAINS_ARGV, listed_chains
@@ -113,7 +113,7 @@ class IptablesBackend(NatBackend):
             chains = listed_chains(run_listing(run_command, [self.nft] + LIST_CHAINS_ARGV[1:], "nft chains"), "nat")
             if marker_stamp(chains) != record.stamp:
                 return None
-            markers, lines = {}, {}
+            markers, layouts = {}, {}
         else:
             markers = stamp_markers(record.stamp)
             if markers is None:
@@ -122,11 +122,11 @@ class IptablesBackend(NatBackend):
             if not deferred and not self._carries_markers(run_command, markers):
                 return None
             # The owned chains are those the recorded entries make, and the family's marker; render edits their lines.
-            lines = dict((family, chain_lines([entry for entry in record.entries if entry.family == family])) for family in markers)
-            chains = dict((family, list(lines[family]) + [marker_chain(token)]) for family, token in markers.items())
+            layouts = dict((family, chain_layout([entry for entry in record.entries if entry.family == family])) for family in markers)
+            chains = dict((family, layout_chains(layouts[family]) + [marker_chain(token)]) for family, token in markers.items())
         facts = self._recorded_facts(record.entries, chains, record.stamp)
-        for family, family_lines in lines.items():
-            facts[family]["lines"] = family_lines
+        for family, layout in layouts.items():
+            facts[family]["layout"] = layout
         facts["deferred_markers"] = markers if deferred else {}
         return HostState(list(record.entries), facts)
 
@@ -196,13 +196,14 @@ class IptablesBackend(NatBackend):
                 text = "delete table %s nat\n" % NFT_FAMILIES[family]
                 transactions.append(Transaction((family,), text, [self.nft, "-c", "-f", "-"], [self.nft, "-f", "-"]))
                 continue
-            text, wanted_lines = None, chain_lines(wanted)
+            text, wanted_layout = None, chain_layout(wanted)
             if not current.facts.get("unrecognized"):
                 markers = [chain for chain in facts["chains"] if chain.startswith(MARKER_PREFIX)]
-                current_lines = facts.get("lines") or chain_lines([entry for entry in current.entries if entry.family == family])
-                text = delta_script(current_lines, wanted_lines, markers, token, facts["chains"])
+                current_layout = facts.get("layout") or chain_layout([entry for entry in current.entries if entry.family == family])
+                unchanged = unchanged_segments(current_layout, wanted_layout)
+                text = delta_script(chain_lines(current_layout, unchanged), chain_lines(wanted_layout, unchanged), markers, token, facts["chains"])
             if text is None:
-                text = full_script(wanted_lines, facts, token)
+                text = full_script(chain_lines(wanted_layout), facts, token)
             if text:
                 restore = self.binaries[family][1]
                 transactions.append(Transaction((family,), text, [restore, "-w", "--test", "--noflush"], [restore, "-w", "--noflush"]))

@@ -22,6 +22,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.model import (
     RuleError, make_rule, normalize_ct_states, normalize_networks, normalize_port_ranges,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_rules import canonical_order
+from ansible_collections.nodenet.nat.plugins.module_utils.run_record import RunRecord
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "fixtures", "iptables")
 VARIANTS = ("nft", "legacy")
@@ -491,6 +492,31 @@ def test_a_long_chain_is_segmented_and_a_change_refills_only_its_segment(variant
         outputs, dummy = lab.apply(_services(3), steps)
         assert _segments(outputs["ipv4"]) == []
         assert contents(backend.parse(outputs).entries) == contents(entries(backend, _services(3)))
+
+
+@netns
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_a_change_from_the_run_record_leaves_segments_holding_the_recorded_entries_unwritten(variant, tmp_path):
+    """A run that takes its run record keeps the recorded entry of each unchanged config item: a segment holding only
+    those is neither written out nor compared, and the change is the one comparing every segment's lines gives."""
+    backend = IptablesBackend(variant)
+    lab = Netns(backend, tmp_path)
+    with segments_from(10, spacing=4):
+        dummy, steps = lab.apply(_services(60))
+        recorded = entries(backend, _services(60))
+        state = backend.recorded(None, RunRecord("ipv4=token ipv6=", recorded), deferred=True)
+        changed = backend.entry(_services(60, port=9090)[33])
+        desired = [changed if entry.name == "svc-33" else entry for entry in recorded]
+        unchanged = iptables_lines.unchanged_segments(state.facts["ipv4"]["layout"], iptables_lines.chain_layout(desired))
+        assert len(_segments(" ".join(iptables_lines.layout_chains(state.facts["ipv4"]["layout"])))) == len(unchanged) + 1
+        [transaction] = backend.render(desired, state, "next")
+        # The same rules as other entry objects: every segment compared by its lines.
+        [compared] = backend.render(entries(backend, _services(60)[:33] + _services(60, port=9090)[33:34] + _services(60)[34:]), state, "next")
+        assert transaction.text == compared.text
+        assert len([line for line in transaction.text.splitlines() if line.startswith(":NODENET-PRE-")]) == 1
+        outputs = lab.run(steps + [(transaction.apply_argv, transaction.text)])
+        state = backend.parse(outputs)
+    assert contents(state.entries) == contents(desired) and not state.facts["unrecognized"]
 
 
 @netns
