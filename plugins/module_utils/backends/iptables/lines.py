@@ -344,9 +344,9 @@ def full_script(desired_lines, facts, token=None):
 
 def delta_script(current_lines, desired_lines, markers=(), token=None, owned_chains=None):
     """The script that turns chains holding exactly ``current_lines`` into ``desired_lines`` (chain_lines of the
-    layouts before and after, a segment that is the same in both left out on both sides), or None when a hook chain must appear or disappear, a hook chain gains or loses
-    its segments, or the owned chains (``owned_chains``, as read) are not those of ``current_lines`` (then
-    full_script rewrites the family).
+    layouts before and after, a segment that is the same in both left out on both sides), or None when a hook
+    chain must appear or disappear, a hook chain gains or loses its segments, or the owned chains (``owned_chains``,
+    as read) are not those of ``current_lines`` (then full_script rewrites the family).
 
     New and changed segments are declared (created or flushed) and filled, segments no longer used go;
     a hook chain's own lines change by a line-level diff (a change of one rule touches that rule's lines
