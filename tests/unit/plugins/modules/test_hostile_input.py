@@ -61,10 +61,16 @@ class EmptyNode(object):
         return 0, "", ""
 
 
+def _no_command_on_this_machine(argv, *args, **kwargs):
+    raise AssertionError("a module ran %r on this machine, not through the test's node" % (argv,))
+
+
 @pytest.fixture
 def node(monkeypatch, tmp_path):
     empty = EmptyNode()
     monkeypatch.setattr(commands.ModuleHost, "run_command", lambda host, argv, data=None: empty.run_command(argv, data=data))
+    # A command that goes around the node above would run on this machine: it fails the test instead.
+    monkeypatch.setattr(commands.subprocess, "Popen", _no_command_on_this_machine)
     monkeypatch.setattr(commands.AnsibleModule, "get_bin_path", lambda module, name, *args, **kwargs: "/usr/sbin/" + name)
     monkeypatch.setattr(nat_rules_utils, "RecordStore", lambda: RecordStore(str(tmp_path / "run")))
     root = str(tmp_path / "root")
