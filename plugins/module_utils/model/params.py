@@ -165,8 +165,8 @@ class _RuleReader(object):
             self.fail(field, value, "is not a list")
         return value
 
-    def note_family(self, field, text, address_or_network):
-        self.family_sources.setdefault(family_of(address_or_network), (field, text))
+    def note_family(self, field, text, family):
+        self.family_sources.setdefault(family, (field, text))
 
     # -- identity -------------------------------------------------------------
 
@@ -197,7 +197,7 @@ class _RuleReader(object):
                 self.fail(field, text, "has host bits set (the network is %s)" % without_host_bits)
             if networks and networks[0].version != network.version:
                 self.fail(field, text, "mixes IPv4 and IPv6 with %r" % str(networks[0]))
-            self.note_family(field, text, network)
+            self.note_family(field, text, family_of(network))
             networks.append(network)
         return normalize_networks(networks)
 
@@ -206,7 +206,7 @@ class _RuleReader(object):
             address = parse_address(text)
         except ValueError:
             self.fail(field, text, "is not a valid IP address")
-        self.note_family(field, text, address)
+        self.note_family(field, text, family_of(address))
         return address
 
     def to_source(self):
@@ -227,8 +227,7 @@ class _RuleReader(object):
             endpoint, address_text, family = parse_endpoint(text)
         except EndpointError as error:
             self.fail("to_destination", *error.args)
-        if family not in self.family_sources:
-            self.family_sources[family] = ("to_destination", address_text)
+        self.note_family("to_destination", address_text, family)
         return endpoint
 
     def to_destination(self):
