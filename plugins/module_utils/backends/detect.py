@@ -20,7 +20,7 @@ import re
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables import (
     CHAIN_PREFIX, TOOL_PREFIXES, VARIANT_OF_BACKEND, VARIANTS, IptablesBackend,
 )
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import LIST_CHAINS_ARGV, TABLE as NFT_TABLE, NftBackend, owned_tables
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import TABLE as NFT_TABLE, NftBackend, list_chains_argv, owned_tables
 
 BACKEND_CHOICES = ("auto", "nft", "iptables", "iptables-legacy")
 # Chains kubelet (1.17+) creates in the mangle table of the iptables front end it uses.
@@ -90,9 +90,8 @@ class _XtablesListing(object):
 
 
 def _nft_owned(nft, run_command):
-    """Whether nft holds the owned tables, as the nft backend reads them: tables with chains. ``nft list tables`` would
-    say it too, but nft 1.0.6 dumps every rule of every table for it: 12 s of kernel time beside 100 000 iptables-nft rules."""
-    rc, out, dummy = run_command([nft] + LIST_CHAINS_ARGV[1:])
+    """Whether nft holds the owned tables, as the nft backend reads them: tables with chains (see list_chains_argv)."""
+    rc, out, dummy = run_command(list_chains_argv(nft))
     return rc == 0 and bool(owned_tables(out))
 
 

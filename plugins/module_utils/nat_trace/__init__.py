@@ -24,14 +24,15 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.base import B
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.detect import (
     BACKEND_CHOICES, BackendUnavailable, mixed_backends, select_backend, xtables_listings,
 )
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import list_chains_argv
 from ansible_collections.nodenet.nat.plugins.module_utils.commands import ModuleFailure
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_trace.events import (
     Namer, applied, count_packets, describe_event, parse_trace,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_trace.monitor import MonitorError, NftMonitor
 from ansible_collections.nodenet.nat.plugins.module_utils.nat_trace.ruleset import (
-    MAX_PACKETS, MAX_TIMEOUT, PROTOCOLS, TRACE_FAMILY, TRACE_TABLE, flow_from_params, flow_params, list_chains_argv, remove_argv,
-    sync_script, table_present, trace_script,
+    MAX_PACKETS, MAX_TIMEOUT, PROTOCOLS, TRACE_FAMILY, TRACE_TABLE, flow_from_params, flow_params, remove_argv, sync_script,
+    table_present, trace_script,
 )
 
 DEFAULT_TIMEOUT = 30

@@ -115,14 +115,8 @@ def remove_argv(nft):
     return [nft, "delete", "table", TRACE_FAMILY, TRACE_TABLE]
 
 
-def list_chains_argv(nft):
-    """The listing that tells whether the trace table is there. Not ``nft list tables``: nft 1.0.6 dumps every rule of
-    every table for it, 12 s of kernel time beside 100 000 iptables-nft rules."""
-    return [nft, "-j", "list", "chains"]
-
-
 def table_present(chains_listing):
-    """Whether ``list_chains_argv`` output holds a chain of the trace table, which is never without them (they come and
+    """Whether ``nft -j list chains`` output (backends.nft.list_chains_argv) holds a chain of the trace table, which is never without them (they come and
     go with it in one transaction); True when the output cannot be read, since nothing then says the table is gone."""
     try:
         items = json.loads(chains_listing)["nftables"]

@@ -37,7 +37,7 @@ from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.line
     layout_chains, marker_chain, unchanged_segments,
 )
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.iptables.save import owned_objects, parse_owned, rule_counters
-from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import LIST_CHAINS_ARGV, listed_chains
+from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft import list_chains_argv, listed_chains
 from ansible_collections.nodenet.nat.plugins.module_utils.backends.nft.compile import NFT_FAMILIES
 from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES, RuleError
 
@@ -110,7 +110,7 @@ class IptablesBackend(NatBackend):
 
     def recorded(self, run_command, record, deferred=False):
         if self.nft:
-            chains = listed_chains(run_listing(run_command, [self.nft] + LIST_CHAINS_ARGV[1:], "nft chains"), "nat")
+            chains = listed_chains(run_listing(run_command, list_chains_argv(self.nft), "nft chains"), "nat")
             if marker_stamp(chains) != record.stamp:
                 return None
             markers, layouts = {}, {}

@@ -34,8 +34,16 @@ from ansible_collections.nodenet.nat.plugins.module_utils.model import FAMILIES,
 
 CHECK_ARGV = ["nft", "-c", "-f", "-"]
 APPLY_ARGV = ["nft", "-f", "-"]
-LIST_CHAINS_ARGV = ["nft", "-j", "list", "chains"]
 _FAMILY_OF = dict((nft_family, family) for family, nft_family in NFT_FAMILIES.items())
+
+
+def list_chains_argv(nft="nft"):
+    """The listing of every table's chains without their rules: what tells which tables are there. Not ``nft list
+    tables``: nft 1.0.6 dumps every rule of every table for it, 12 s of kernel time beside 100 000 iptables-nft rules."""
+    return [nft, "-j", "list", "chains"]
+
+
+LIST_CHAINS_ARGV = list_chains_argv()
 
 
 def list_table_argv(family):
